@@ -1,0 +1,1 @@
+"""Shared pytest configuration. Fixtures specific to one layer live in that layer's conftest."""
