@@ -6,6 +6,13 @@ callbacks into the host, timeouts, output limits and snapshots behave the same e
 """
 
 from conch.sandbox._environment import ExecutionEnvironment
+from conch.sandbox._registry import (
+    BackendStatus,
+    backend_names,
+    backend_statuses,
+    best_available,
+    create,
+)
 from conch.sandbox._types import (
     BackendType,
     Capability,
@@ -18,8 +25,10 @@ from conch.sandbox._types import (
     ValidationResult,
     Validator,
 )
+from conch.sandbox._worker_environment import ResourceLimits
 
 __all__ = [
+    "BackendStatus",
     "BackendType",
     "Capability",
     "ExecutionContext",
@@ -27,8 +36,13 @@ __all__ = [
     "ExecutionResult",
     "HostFunction",
     "MatchedTerm",
+    "ResourceLimits",
     "RestoreReport",
     "SnapshotId",
     "ValidationResult",
     "Validator",
+    "backend_names",
+    "backend_statuses",
+    "best_available",
+    "create",
 ]

@@ -1,0 +1,292 @@
+"""The host's end of one running worker: start it, send requests, serve its callbacks.
+
+A reader task owns the worker's output stream. It resolves replies (``res``) to the
+waiting request, appends streamed output (``out``) to spill files, runs host functions for
+callbacks (``call``) and sends back their results (``ret``), and notices when the worker
+dies (end of stream, a keeper's ``exit`` frame, or a garbled frame).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from conch.errors import ProtocolError, SandboxError
+from conch.sandbox._types import HostFunction
+from conch.sandbox.worker import protocol
+
+logger = logging.getLogger("conch.sandbox")
+
+_STREAM_LIMIT = 1024 * 1024
+_START_TIMEOUT_S = 30.0
+
+
+class WorkerDied(SandboxError):
+    """The worker process ended (or garbled its channel) while a request was outstanding."""
+
+    def __init__(self, reason: str, exit_code: int | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.exit_code = exit_code
+
+
+@dataclass
+class SpillFiles:
+    """Where a request's streamed output goes: one file per stream, opened on first use."""
+
+    directory: Path
+    stem: str
+    paths: dict[str, Path] = field(default_factory=dict)
+    _files: dict[str, BinaryIO] = field(default_factory=dict)
+
+    def write(self, stream: str, data: bytes) -> None:
+        handle = self._files.get(stream)
+        if handle is None:
+            path = self.directory / f"{self.stem}.{stream}"
+            handle = self._files[stream] = open(path, "wb")  # noqa: SIM115 (closed in close())
+            self.paths[stream] = path
+        handle.write(data)
+
+    def close(self) -> None:
+        for handle in self._files.values():
+            handle.close()
+        self._files.clear()
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """How a backend starts its worker: the argv and the process settings around it."""
+
+    argv: Sequence[str]
+    env: Mapping[str, str] | None = None
+    cwd: str | None = None
+    pass_fds: Sequence[int] = ()
+    log_path: Path | None = None
+    keeper: bool = False
+    """The worker runs under a keeper process that reports its exit status in a frame
+    (the launched process's own status is then the keeper's, not the worker's)."""
+
+
+class WorkerConnection:
+    def __init__(self, process: asyncio.subprocess.Process, *, keeper: bool = False) -> None:
+        self.process = process
+        self._keeper = keeper
+        self.pid: int | None = None  # the worker's pid as the worker sees it
+        self._next_id = 0
+        self._pending: dict[int, asyncio.Future[tuple[dict, bytes]]] = {}
+        self._spills: dict[int, SpillFiles] = {}
+        self._host_functions: Mapping[str, HostFunction] = {}
+        self._callback_tasks: set[asyncio.Task[None]] = set()
+        self._hello: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+        self._reported_exit: int | None = None
+        self.death: WorkerDied | None = None
+        self._reader_task = asyncio.create_task(self._read_loop(), name="conch-worker-reader")
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    @classmethod
+    async def start(cls, spec: LaunchSpec) -> WorkerConnection:
+        log = open(spec.log_path, "ab") if spec.log_path else None  # noqa: SIM115
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *spec.argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log if log is not None else asyncio.subprocess.DEVNULL,
+                env=dict(spec.env) if spec.env is not None else None,
+                cwd=spec.cwd,
+                pass_fds=tuple(spec.pass_fds),
+                start_new_session=True,  # its own process group: killed as a whole
+                limit=_STREAM_LIMIT,
+            )
+        except OSError as exc:
+            raise SandboxError(f"cannot start the sandbox worker ({spec.argv[0]}): {exc}") from exc
+        finally:
+            if log is not None:
+                log.close()
+        connection = cls(process, keeper=spec.keeper)
+        try:
+            hello = await asyncio.wait_for(asyncio.shield(connection._hello), _START_TIMEOUT_S)
+        except (TimeoutError, WorkerDied, ProtocolError) as exc:
+            await connection.kill()
+            detail = _tail(spec.log_path)
+            raise SandboxError(
+                f"the sandbox worker did not start: {exc}."
+                + (f" Its log says: {detail}" if detail else "")
+            ) from exc
+        connection.pid = hello.get("pid")
+        return connection
+
+    @property
+    def alive(self) -> bool:
+        return self.death is None and self.process.returncode is None
+
+    async def kill(self) -> None:
+        """Kill the worker's whole process group and wait for the reader to finish."""
+        if self.process.returncode is None:
+            for target in (self.process.pid,):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(target, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.process.wait(), 10)
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._reader_task, 10)
+        for task in list(self._callback_tasks):
+            task.cancel()
+        self._fail_pending(WorkerDied("the worker was stopped", self.exit_code))
+
+    async def shutdown(self, timeout_s: float = 2.0) -> None:
+        if self.alive:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.request({"op": "shutdown"}), timeout_s)
+        await self.kill()
+
+    @property
+    def exit_code(self) -> int | None:
+        if self._keeper:  # the process we started is the keeper; only its report counts
+            return self._reported_exit
+        return self.process.returncode
+
+    # --- requests ---------------------------------------------------------------------
+
+    async def request(
+        self,
+        message: dict[str, Any],
+        body: bytes | memoryview = b"",
+        *,
+        host_functions: Mapping[str, HostFunction] | None = None,
+        spill: SpillFiles | None = None,
+    ) -> tuple[dict, bytes]:
+        """Send one request and wait for its reply. Raises WorkerDied if the worker ends."""
+        if self.death is not None:
+            raise self.death
+        self._next_id += 1
+        request_id = self._next_id
+        future: asyncio.Future[tuple[dict, bytes]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        if spill is not None:
+            self._spills[request_id] = spill
+        self._host_functions = host_functions or {}
+        try:
+            self._write({**message, "id": request_id}, body)
+            return await future
+        finally:
+            self._pending.pop(request_id, None)
+            self._spills.pop(request_id, None)
+
+    def send_interrupt(self) -> None:
+        if self.alive:
+            with contextlib.suppress(Exception):
+                self._write({"op": "interrupt"})
+
+    def _write(self, message: dict, body: bytes | memoryview = b"") -> None:
+        stdin = self.process.stdin
+        if stdin is None or stdin.is_closing():
+            raise self.death or WorkerDied("the worker's channel is closed", self.exit_code)
+        # Header and body are queued back to back with no await between: frames never
+        # interleave with callback replies written by other tasks.
+        stdin.write(protocol.encode_header(message, len(body)))
+        if body:
+            stdin.write(body)
+
+    # --- reading ------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        stdout = self.process.stdout
+        assert stdout is not None
+        reason = "the worker exited"
+        try:
+            while True:
+                try:
+                    header = await stdout.readexactly(protocol.HEADER_SIZE)
+                except asyncio.IncompleteReadError as exc:
+                    if exc.partial:
+                        reason = "the worker exited in the middle of a frame"
+                    break
+                json_length, body_length = protocol.decode_header(header)
+                message = protocol.decode_message(await stdout.readexactly(json_length))
+                body = await stdout.readexactly(body_length) if body_length else b""
+                self._dispatch(message, body)
+        except protocol.FrameError as exc:
+            reason = f"the worker sent a garbled frame ({exc})"
+            logger.warning("conch worker %s: %s", self.process.pid, reason)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        except asyncio.IncompleteReadError:
+            reason = "the worker exited in the middle of a frame"
+        except (ConnectionError, OSError) as exc:
+            reason = f"the worker's channel failed: {exc}"
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.process.wait(), 5)
+        self.death = WorkerDied(reason, self.exit_code)
+        if not self._hello.done():
+            self._hello.set_exception(self.death)
+        self._fail_pending(self.death)
+
+    def _dispatch(self, message: dict, body: bytes) -> None:
+        op = message["op"]
+        if op == "res":
+            future = self._pending.get(message.get("id"))
+            if future is not None and not future.done():
+                future.set_result((message, body))
+        elif op == "out":
+            spill = self._spills.get(message.get("id"))
+            if spill is not None:
+                spill.write(str(message.get("stream")), body)
+        elif op == "call":
+            task = asyncio.create_task(self._serve_call(message))
+            self._callback_tasks.add(task)
+            task.add_done_callback(self._callback_tasks.discard)
+        elif op == "hello":
+            if not self._hello.done():
+                self._hello.set_result(message)
+        elif op == "exit":
+            self._reported_exit = message.get("code")
+        else:
+            raise protocol.FrameError(f"unknown frame op {op!r} from the worker")
+
+    async def _serve_call(self, message: dict) -> None:
+        name = message.get("name")
+        function = self._host_functions.get(name) if isinstance(name, str) else None
+        reply: dict[str, Any] = {"op": "ret", "id": message.get("id")}
+        if function is None:
+            available = ", ".join(sorted(self._host_functions)) or "none"
+            reply["error"] = f"no host function named {name!r} (available: {available})"
+        else:
+            try:
+                value = function(message.get("payload"))
+                if inspect.isawaitable(value):
+                    value = await value
+                json.dumps(value)
+                reply["value"] = value
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                reply["error"] = f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(Exception):
+            self._write(reply)
+
+    def _fail_pending(self, error: WorkerDied) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+
+def _tail(path: Path | None, limit: int = 2000) -> str:
+    if path is None or not path.exists():
+        return ""
+    data = path.read_bytes()[-limit:]
+    return data.decode("utf-8", "replace").strip()

@@ -1,0 +1,589 @@
+"""Everything the worker-based backends share: sessions, execution, timeouts, snapshots.
+
+A backend subclasses :class:`WorkerEnvironment` and says only how its worker is started and
+isolated (:meth:`WorkerEnvironment._launch_spec`), what it can do, and how it is named.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conch.errors import (
+    ConfigurationError,
+    SandboxError,
+    SessionClosedError,
+    SnapshotError,
+    SnapshotSessionMismatchError,
+)
+from conch.sandbox import _files
+from conch.sandbox._connection import LaunchSpec, SpillFiles, WorkerConnection, WorkerDied
+from conch.sandbox._environment import ExecutionEnvironment
+from conch.sandbox._snapshots import DEFAULT_MAX_SNAPSHOTS_PER_SESSION, SnapshotStore
+from conch.sandbox._types import (
+    ExecutionContext,
+    ExecutionResult,
+    RestoreReport,
+    SnapshotId,
+    ValidationResult,
+    Validator,
+)
+
+logger = logging.getLogger("conch.sandbox")
+
+_SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+DEFAULT_INTERRUPT_GRACE_S = 2.0
+EXIT_BLOCKED = 126
+EXIT_TIMED_OUT = 124
+EXIT_KILLED = 137
+
+
+@dataclass(frozen=True)
+class ResourceLimits:
+    """Limits the worker sets on itself before user code runs (None: not limited)."""
+
+    memory_bytes: int | None = None
+    """Address space (RLIMIT_AS): allocations past it raise MemoryError."""
+    max_processes: int | None = None
+    max_file_bytes: int | None = None
+    """Largest file the session may write (RLIMIT_FSIZE): bounds output and disk use."""
+    cpu_seconds: int | None = None
+    """CPU time over the worker's life (RLIMIT_CPU): a backstop, not a cell timeout."""
+    open_files: int | None = None
+
+    def to_worker(self) -> dict[str, int]:
+        values = {
+            "address_space": self.memory_bytes,
+            "processes": self.max_processes,
+            "file_size": self.max_file_bytes,
+            "cpu_seconds": self.cpu_seconds,
+            "open_files": self.open_files,
+        }
+        return {key: value for key, value in values.items() if value}
+
+
+@dataclass
+class SessionPaths:
+    root: Path
+    work: Path
+    """The session's working directory: its files, snapshotted and restored."""
+    scratch: Path
+    """Per-execution capture files; not part of snapshots."""
+    tmp: Path
+    spill: Path
+    """Host-only: complete outputs that were too long to return inline."""
+    log: Path
+
+    @classmethod
+    def under(cls, root: Path) -> SessionPaths:
+        paths = cls(
+            root=root,
+            work=root / "work",
+            scratch=root / "scratch",
+            tmp=root / "tmp",
+            spill=root / "spill",
+            log=root / "worker.log",
+        )
+        for directory in (paths.work, paths.scratch, paths.tmp, paths.spill):
+            directory.mkdir(parents=True, exist_ok=True)
+        return paths
+
+
+@dataclass
+class _Session:
+    id: str
+    paths: SessionPaths
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    connection: WorkerConnection | None = None
+    state_lost: bool = False
+    """The previous worker died or was killed: the next result says so once."""
+    helpers: list[str] = field(default_factory=list)
+    executions: int = 0
+    ended: bool = False
+
+
+class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
+    """An ``ExecutionEnvironment`` whose sessions each run one worker process."""
+
+    def __init__(
+        self,
+        *,
+        root: str | os.PathLike[str] | None = None,
+        validator: Validator | None = None,
+        snapshot_dir: str | os.PathLike[str] | None = None,
+        max_snapshots_per_session: int = DEFAULT_MAX_SNAPSHOTS_PER_SESSION,
+        limits: ResourceLimits | None = None,
+        env: Mapping[str, str] | None = None,
+        interrupt_grace_s: float = DEFAULT_INTERRUPT_GRACE_S,
+        max_spill_bytes: int = 1 << 30,
+    ) -> None:
+        self._owns_root = root is None
+        self.root = Path(tempfile.mkdtemp(prefix="conch-")) if root is None else Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._validator = validator
+        self._snapshots = SnapshotStore(
+            Path(snapshot_dir) if snapshot_dir else self.root / "snapshots",
+            max_per_session=max_snapshots_per_session,
+        )
+        self.limits = limits if limits is not None else self.default_limits()
+        self._base_env = dict(env or {})
+        self._interrupt_grace_s = interrupt_grace_s
+        self._max_spill_bytes = max_spill_bytes
+        self._sessions: dict[str, _Session] = {}
+        self._closed = False
+
+    # --- what a backend provides -----------------------------------------------------
+
+    @abc.abstractmethod
+    def _launch_spec(self, session: _Session, worker_config: dict[str, Any]) -> LaunchSpec:
+        """The command that starts this session's worker inside the backend's boundary."""
+
+    def default_limits(self) -> ResourceLimits:
+        return ResourceLimits()
+
+    def _worker_paths(self, session: _Session) -> tuple[str, str, str]:
+        """Work, scratch and tmp directories as the worker sees them."""
+        paths = session.paths
+        return str(paths.work), str(paths.scratch), str(paths.tmp)
+
+    def _on_session_end(self, session: _Session) -> None:
+        """Release backend resources bound to the session (after its worker is gone)."""
+
+    def _session_env(self, session: _Session) -> dict[str, str]:
+        work, _, tmp = self._worker_paths(session)
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": work,
+            "TMPDIR": tmp,
+        }
+        env.update(self._base_env)
+        return env
+
+    # --- sessions ---------------------------------------------------------------------
+
+    def _session(self, session_id: str, *, create: bool = True) -> _Session:
+        if self._closed:
+            raise SessionClosedError("this environment was cleaned up; create a new one")
+        if not isinstance(session_id, str) or not _SESSION_ID.match(session_id):
+            raise ConfigurationError(
+                f"invalid session id {session_id!r}: use 1-128 letters, digits, '.', '_' or "
+                "'-', starting with a letter or digit"
+            )
+        session = self._sessions.get(session_id)
+        if session is None:
+            if not create:
+                raise SessionClosedError(
+                    f"no session {session_id!r} in this environment: run code in it first"
+                )
+            session = _Session(session_id, SessionPaths.under(self.root / "sessions" / session_id))
+            self._sessions[session_id] = session
+        return session
+
+    async def _ensure_worker(self, session: _Session) -> WorkerConnection:
+        connection = session.connection
+        if connection is not None and connection.alive:
+            return connection
+        if connection is not None:
+            session.state_lost = True
+            await connection.kill()
+        session.connection = await self._start_worker(session)
+        return session.connection
+
+    async def _start_worker(self, session: _Session) -> WorkerConnection:
+        work, scratch, _ = self._worker_paths(session)
+        config = {
+            "cwd": work,
+            "scratch": scratch,
+            "limits": self.limits.to_worker(),
+            "max_spill_bytes": self._max_spill_bytes,
+        }
+        connection = await WorkerConnection.start(self._launch_spec(session, config))
+        for source in session.helpers:
+            await self._define(connection, source)
+        return connection
+
+    @staticmethod
+    async def _define(connection: WorkerConnection, source: str) -> list[str]:
+        reply, _ = await connection.request({"op": "define", "source": source})
+        if "error" in reply:
+            raise SandboxError(f"helper source failed in the sandbox: {reply['error']}")
+        return list(reply["defined"])
+
+    async def define_helpers(self, session_id: str, source: str) -> list[str]:
+        """Run trusted ``source`` in the session's worker; its public names become builtins.
+
+        Helpers are not part of the user's variables (snapshots leave them out) and are
+        defined again whenever the session gets a fresh worker.
+        """
+        session = self._session(session_id)
+        async with session.lock:
+            connection = await self._ensure_worker(session)
+            defined = await self._define(connection, source)
+            session.helpers.append(source)
+            return defined
+
+    # --- execution --------------------------------------------------------------------
+
+    async def validate(self, text: str, kind: str = "code") -> ValidationResult:
+        if self._validator is None:
+            return ValidationResult(passed=True, message="no validator configured")
+        return self._validator.validate(text, kind)
+
+    async def execute_code(self, code: str, ctx: ExecutionContext) -> ExecutionResult:
+        if not isinstance(code, str):
+            raise ConfigurationError(f"code must be a str, not {type(code).__name__}")
+        return await self._execute("exec", {"code": code}, code, "code", ctx)
+
+    async def execute_command(self, cmd: str, ctx: ExecutionContext) -> ExecutionResult:
+        if not isinstance(cmd, str):
+            raise ConfigurationError(f"cmd must be a str, not {type(cmd).__name__}")
+        return await self._execute("command", {"command": cmd}, cmd, "command", ctx)
+
+    async def _execute(
+        self, op: str, fields: dict[str, Any], text: str, kind: str, ctx: ExecutionContext
+    ) -> ExecutionResult:
+        if ctx.timeout_s <= 0 or ctx.max_output_bytes < 0:
+            raise ConfigurationError("timeout_s must be > 0 and max_output_bytes >= 0")
+        session = self._session(ctx.session_id)
+        if self._validator is not None:
+            verdict = await self.validate(text, kind)
+            if not verdict.passed:
+                return ExecutionResult(
+                    stderr=f"blocked by validation: {verdict.message}\n",
+                    exit_code=EXIT_BLOCKED,
+                    error=f"blocked by validation: {verdict.message}",
+                    validation=verdict,
+                )
+        async with session.lock:
+            started = time.perf_counter()
+            try:
+                connection = await self._ensure_worker(session)
+            except SandboxError as exc:
+                return ExecutionResult(
+                    stderr=f"{exc}\n", exit_code=-1, error=str(exc), state_lost=True
+                )
+            state_lost, session.state_lost = session.state_lost, False
+            session.executions += 1
+            spill = SpillFiles(session.paths.spill, f"exec-{session.executions}")
+            message = {
+                "op": op,
+                **fields,
+                "env": dict(ctx.env),
+                "max_inline": ctx.max_output_bytes,
+                "cell": session.executions,
+            }
+            try:
+                outcome = await self._await_reply(session, connection, message, ctx, spill)
+            finally:
+                spill.close()
+            return self._result(outcome, ctx, spill, state_lost, time.perf_counter() - started)
+
+    async def _await_reply(
+        self,
+        session: _Session,
+        connection: WorkerConnection,
+        message: dict[str, Any],
+        ctx: ExecutionContext,
+        spill: SpillFiles,
+    ) -> _Outcome:
+        request = asyncio.ensure_future(
+            connection.request(message, host_functions=ctx.host_functions, spill=spill)
+        )
+        try:
+            try:
+                reply, body = await asyncio.wait_for(asyncio.shield(request), ctx.timeout_s)
+                return _Outcome(reply, body)
+            except TimeoutError:
+                pass
+            # Interrupt first (KeyboardInterrupt in the cell); kill if it does not stop.
+            connection.send_interrupt()
+            try:
+                reply, body = await asyncio.wait_for(
+                    asyncio.shield(request), self._interrupt_grace_s
+                )
+                return _Outcome(reply, body, timed_out=True)
+            except TimeoutError:
+                await connection.kill()
+                session.connection = None
+                session.state_lost = True
+                return _Outcome(None, b"", timed_out=True, killed=True)
+        except WorkerDied as died:
+            session.connection = None
+            session.state_lost = True
+            await connection.kill()
+            return _Outcome(None, b"", died=died)
+        except asyncio.CancelledError:
+            # The caller gave up: stop the code too, so the session is free for the next call.
+            connection.send_interrupt()
+            asyncio.get_running_loop().call_later(
+                self._interrupt_grace_s,
+                lambda: request.done() or asyncio.ensure_future(connection.kill()),
+            )
+            raise
+        finally:
+            if request.done() and not request.cancelled():
+                request.exception()  # retrieved: no "exception never retrieved" noise
+
+    def _result(
+        self,
+        outcome: _Outcome,
+        ctx: ExecutionContext,
+        spill: SpillFiles,
+        state_lost: bool,
+        elapsed_s: float,
+    ) -> ExecutionResult:
+        duration_ms = elapsed_s * 1000
+        timeout_note = f"execution exceeded its {ctx.timeout_s:g} s timeout"
+        if outcome.killed:
+            error = (
+                f"{timeout_note} and did not stop within {self._interrupt_grace_s:g} s of the "
+                "interrupt: the worker was killed and the session's variables were lost"
+            )
+            return ExecutionResult(
+                stderr=error + "\n",
+                exit_code=EXIT_KILLED,
+                timed_out=True,
+                state_lost=True,
+                error=error,
+                duration_ms=duration_ms,
+            )
+        if outcome.died is not None:
+            code = outcome.died.exit_code
+            how = f"with exit code {code}" if code is not None else "unexpectedly"
+            error = (
+                f"the sandbox worker exited {how} during execution ({outcome.died.reason}); "
+                "the session's variables were lost and the next call starts a fresh worker"
+            )
+            return ExecutionResult(
+                stderr=error + "\n",
+                exit_code=code if code is not None else -1,
+                state_lost=True,
+                error=error,
+                duration_ms=duration_ms,
+            )
+        reply, body = outcome.reply or {}, outcome.body
+        if "error" in reply:
+            raise SandboxError(f"the sandbox worker could not run the request: {reply['error']}")
+        stdout_inline = int(reply.get("stdout_inline", 0))
+        stderr_inline = int(reply.get("stderr_inline", 0))
+        stdout = body[:stdout_inline].decode("utf-8", "replace")
+        stderr = body[stdout_inline : stdout_inline + stderr_inline].decode("utf-8", "replace")
+        stdout_bytes = int(reply.get("stdout_bytes", 0))
+        stderr_bytes = int(reply.get("stderr_bytes", 0))
+        truncated = stdout_bytes > stdout_inline or stderr_bytes > stderr_inline
+        exit_code = int(reply.get("exit_code", 0))
+        error = None
+        if outcome.timed_out:
+            exit_code = EXIT_TIMED_OUT
+            error = f"{timeout_note} and was interrupted; the session's variables are kept"
+        stdout_path = spill.paths.get("stdout")
+        stderr_path = spill.paths.get("stderr")
+        return ExecutionResult(
+            stdout=stdout,
+            stderr=stderr,
+            exit_code=exit_code,
+            timed_out=outcome.timed_out,
+            truncated=truncated,
+            output_path=str(stdout_path) if stdout_path else None,
+            stderr_path=str(stderr_path) if stderr_path else None,
+            stdout_bytes=stdout_bytes,
+            stderr_bytes=stderr_bytes,
+            duration_ms=duration_ms,
+            state_lost=state_lost,
+            error=error,
+        )
+
+    # --- snapshots ----------------------------------------------------------------------
+
+    async def create_snapshot(self, session_id: str, name: str) -> SnapshotId:
+        session = self._session(session_id, create=False)
+        async with session.lock:
+            self._snapshots.check_can_add(session_id, name)
+            connection = await self._ensure_worker(session)
+            reply, body = await connection.request({"op": "snapshot"})
+            if "error" in reply:
+                raise SnapshotError(f"the worker could not save its state: {reply['error']}")
+            data = await asyncio.to_thread(self._store_snapshot_data, session, reply, body)
+            return self._snapshots.add(session_id, name, data)
+
+    def _store_snapshot_data(self, session: _Session, reply: dict, body: bytes) -> dict:
+        view = memoryview(body)
+        names, offset = [], 0
+        for name, fmt, length in reply["names"]:
+            digest = self._snapshots.put_blob(view[offset : offset + length])
+            names.append([name, fmt, length, digest])
+            offset += length
+        writer = self._snapshots.new_blob()
+        try:
+            _files.pack_directory(session.paths.work, writer)
+        except BaseException:
+            writer.discard()
+            raise
+        files_size = writer.size
+        files_digest = writer.commit()
+        return {
+            "backend": str(self.backend_type()),
+            "size": offset + files_size,
+            "state": {
+                "names": names,
+                "unpicklable": reply.get("unpicklable", []),
+                "env": reply.get("env", {}),
+                "cwd": reply.get("cwd"),
+            },
+            "files": {"digest": files_digest, "size": files_size},
+        }
+
+    async def restore_snapshot(
+        self, snapshot: SnapshotId | str, *, session_id: str | None = None
+    ) -> RestoreReport:
+        snapshot_id = snapshot.id if isinstance(snapshot, SnapshotId) else snapshot
+        manifest = self._snapshots.load(snapshot_id)
+        owner = manifest.snapshot.session_id
+        claimed = [session_id, snapshot.session_id if isinstance(snapshot, SnapshotId) else None]
+        for other in claimed:
+            if other is not None and other != owner:
+                raise SnapshotSessionMismatchError(
+                    f"snapshot {snapshot_id} belongs to session {owner!r}, not {other!r}: a "
+                    "snapshot can only be restored into its own session"
+                )
+        backend = manifest.data.get("backend")
+        if backend != str(self.backend_type()):
+            raise SnapshotError(
+                f"snapshot {snapshot_id} was made by the {backend!r} backend; restore it "
+                f"with that backend, not {str(self.backend_type())!r}"
+            )
+        # Everything is read and checked before the session is touched.
+        state = await asyncio.to_thread(self._load_verified, manifest)
+        session = self._session(owner)
+        async with session.lock:
+            staging = await asyncio.to_thread(
+                _files.unpack_beside,
+                session.paths.work,
+                self._snapshots.blob_path(manifest.data["files"]["digest"]),
+            )
+            if session.connection is not None:
+                await session.connection.kill()
+                session.connection = None
+            _files.swap_in(session.paths.work, staging)
+            self._after_files_restored(session)
+            connection = await self._start_worker(session)
+            session.connection = connection
+            session.state_lost = False
+            reply, _ = await connection.request(
+                {
+                    "op": "restore",
+                    "names": [entry[:3] for entry in manifest.data["state"]["names"]],
+                    "env": manifest.data["state"].get("env"),
+                    "cwd": manifest.data["state"].get("cwd"),
+                },
+                state,
+            )
+        if "error" in reply:
+            raise SnapshotError(
+                f"the worker could not load snapshot {snapshot_id}: {reply['error']}"
+            )
+        return RestoreReport(
+            snapshot=manifest.snapshot,
+            restored=tuple(reply.get("restored", ())),
+            failed=tuple(f"{name}: {why}" for name, why in reply.get("failed", ())),
+        )
+
+    def _after_files_restored(self, session: _Session) -> None:
+        """Hook for backends that must adjust restored files (ownership, labels)."""
+
+    def _load_verified(self, manifest) -> bytes:
+        for digest in manifest.blob_digests():
+            self._snapshots.verify_blob(digest, manifest.snapshot.id)
+        return b"".join(
+            self._snapshots.read_blob(entry[3]) for entry in manifest.data["state"]["names"]
+        )
+
+    async def list_snapshots(self, session_id: str) -> Sequence[SnapshotId]:
+        if not isinstance(session_id, str) or not _SESSION_ID.match(session_id):
+            raise ConfigurationError(f"invalid session id {session_id!r}")
+        return self._snapshots.list(session_id)
+
+    async def delete_snapshot(self, snapshot: SnapshotId | str) -> None:
+        snapshot_id = snapshot.id if isinstance(snapshot, SnapshotId) else snapshot
+        await asyncio.to_thread(self._snapshots.delete, snapshot_id)
+
+    async def delete_session_snapshots(self, session_id: str) -> None:
+        if not _SESSION_ID.match(session_id):
+            raise ConfigurationError(f"invalid session id {session_id!r}")
+        await asyncio.to_thread(self._snapshots.delete_session, session_id)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def health_check(self) -> bool:
+        if self._closed:
+            return False
+        probe_id = f"health-{os.getpid()}-{id(self)}"
+        try:
+            session = self._session(probe_id)
+            connection = await self._ensure_worker(session)
+            reply, _ = await asyncio.wait_for(connection.request({"op": "ping"}), 30)
+            return bool(reply.get("pong"))
+        except Exception as exc:
+            logger.warning("%s health check failed: %s", self.backend_type(), exc)
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                await self._end(probe_id, delete_snapshots=True)
+
+    async def end_session(self, session_id: str) -> None:
+        await self._end(session_id, delete_snapshots=True)
+
+    async def _end(self, session_id: str, *, delete_snapshots: bool) -> None:
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            session.ended = True
+            if session.connection is not None:
+                await session.connection.shutdown()
+                session.connection = None
+            self._on_session_end(session)
+            await asyncio.to_thread(shutil.rmtree, session.paths.root, True)
+        if delete_snapshots and _SESSION_ID.match(session_id):
+            await asyncio.to_thread(self._snapshots.delete_session, session_id)
+
+    async def cleanup(self) -> None:
+        """Stop every worker. A temporary root is removed; a given root keeps its snapshots."""
+        if self._closed:
+            return
+        sessions = list(self._sessions.values())
+        await asyncio.gather(
+            *(s.connection.kill() for s in sessions if s.connection is not None),
+            return_exceptions=True,
+        )
+        for session in sessions:
+            session.connection = None
+            self._on_session_end(session)
+        self._sessions.clear()
+        self._closed = True
+        if self._owns_root:
+            await asyncio.to_thread(shutil.rmtree, self.root, True)
+
+    def _python_argv(self, agent_path: str, worker_config: dict[str, Any]) -> list[str]:
+        return [sys.executable, "-I", agent_path, json.dumps(worker_config)]
+
+
+@dataclass
+class _Outcome:
+    reply: dict | None
+    body: bytes
+    timed_out: bool = False
+    killed: bool = False
+    died: WorkerDied | None = None
