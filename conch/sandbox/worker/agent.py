@@ -571,13 +571,38 @@ def _dumps(value, main_module) -> tuple[str, bytes]:
     except (_NeedsDill, pickle.PicklingError, TypeError, AttributeError):
         if not _have_dill():
             raise
-    import dill
-
     buffer = io.BytesIO()
-    pickler = dill.Pickler(buffer, protocol=5, recurse=False, byref=False)
+    pickler = _dill_pickler_class()(buffer, protocol=5, recurse=False, byref=False)
     pickler._main = main_module
     pickler.dump(value)
     return "dill", buffer.getvalue()
+
+
+_DILL_PICKLER: list[type] = []
+
+
+def _dill_pickler_class() -> type:
+    """dill's pickler, minus its file-handle support.
+
+    dill saves an open file as its path and mode and opens it again on load: a file that
+    was open for writing would be truncated by a restore. Open files are refused instead
+    and listed among the names that could not be saved.
+    """
+    if not _DILL_PICKLER:
+        import dill
+
+        def refuse(pickler, obj):
+            raise pickle.PicklingError(
+                f"open file objects are not saved ({type(obj).__name__}); open the file again "
+                "after restoring"
+            )
+
+        dispatch = dill._dill.MetaCatchingDict(dill.Pickler.dispatch)
+        for kind in list(dispatch):
+            if isinstance(kind, type) and issubclass(kind, io.IOBase):
+                dispatch[kind] = refuse
+        _DILL_PICKLER.append(type("SnapshotPickler", (dill.Pickler,), {"dispatch": dispatch}))
+    return _DILL_PICKLER[0]
 
 
 def _loads(fmt: str, data, main_module):

@@ -1,0 +1,72 @@
+"""Fixtures for the sandbox suites: one environment per test, for every backend that works here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from conch import sandbox
+from conch.sandbox import ExecutionContext, ExecutionEnvironment, ExecutionResult
+
+BACKENDS = ["local", "bwrap"]
+
+
+def backend_skip_reason(name: str) -> str | None:
+    for status in sandbox.backend_statuses():
+        if status.name == name and not status.available:
+            return f"the {name} backend cannot run on this machine: {status.reason}"
+    return None
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    reason = backend_skip_reason(request.param)
+    if reason:
+        pytest.skip(reason)
+    return request.param
+
+
+MakeEnv = Callable[..., Awaitable[ExecutionEnvironment]]
+
+
+@pytest.fixture
+async def make_env(backend: str, tmp_path) -> AsyncIterator[MakeEnv]:
+    """Create environments of the test's backend; all are cleaned up after the test."""
+    created: list[ExecutionEnvironment] = []
+
+    async def make(**options: Any) -> ExecutionEnvironment:
+        options.setdefault("root", tmp_path / f"env{len(created)}")
+        options.setdefault("interrupt_grace_s", 1.0)
+        env = sandbox.create(backend, **options)
+        created.append(env)
+        return env
+
+    yield make
+    for env in created:
+        await env.cleanup()
+
+
+@pytest.fixture
+async def env(make_env: MakeEnv) -> ExecutionEnvironment:
+    return await make_env()
+
+
+@pytest.fixture
+def ctx() -> ExecutionContext:
+    return ExecutionContext(session_id="s1", timeout_s=20)
+
+
+Run = Callable[..., Awaitable[ExecutionResult]]
+
+
+@pytest.fixture
+def run(env: ExecutionEnvironment, ctx: ExecutionContext) -> Run:
+    """``await run(code)`` executes Python in session s1 of the test's environment."""
+
+    async def run_code(code: str, **context: Any) -> ExecutionResult:
+        options = {"session_id": ctx.session_id, "timeout_s": ctx.timeout_s, **context}
+        return await env.execute_code(code, ExecutionContext(**options))
+
+    return run_code
