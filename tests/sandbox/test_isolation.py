@@ -76,8 +76,10 @@ async def test_the_sandbox_has_no_capabilities_and_cannot_see_host_processes(run
 
 
 async def test_the_host_process_cannot_be_signalled(run):
+    host_pid = os.getpid()
     result = await run(
-        f"import os\ntry:\n    os.kill({os.getpid()}, 9)\nexcept OSError as e:\n    print(type(e).__name__)"
+        f"import os\ntry:\n    os.kill({host_pid}, 9)\n"
+        "except OSError as e:\n    print(type(e).__name__)"
     )
     assert result.stdout == "ProcessLookupError\n"
 
