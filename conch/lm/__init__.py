@@ -1,0 +1,41 @@
+"""Model clients: one ``LanguageModel`` protocol, many providers.
+
+``await model.complete(messages, stop=[...], max_tokens=..., temperature=..., timeout=...)``
+returns a ``Completion`` with the text (never ``None``), token usage, cost and latency.
+
+- ``OpenAIModel``: any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp, LM Studio,
+  OpenRouter) through the official ``openai`` SDK.
+- ``AnthropicModel``: Anthropic's Messages API (``pip install 'conch[anthropic]'``).
+- ``ScriptedModel``: replies from a list or a function, for tests and demos.
+- ``create_model("openai:gpt-4o-mini")``: a model from one string.
+
+Transient failures (429, 5xx, timeouts, dropped connections) are retried per a
+``RetryPolicy``; everything else raises a ``conch.errors.ModelError`` subclass whose
+message names the endpoint and the model and says what to do.
+"""
+
+from conch.lm._anthropic import AnthropicModel
+from conch.lm._factory import create_model
+from conch.lm._openai import OpenAIModel
+from conch.lm._pricing import DEFAULT_PRICES, Price, PriceTable
+from conch.lm._protocol import LanguageModel
+from conch.lm._retry import RetryPolicy
+from conch.lm._scripted import ScriptedCall, ScriptedModel
+from conch.lm._types import Completion, CompletionOptions, Message, Usage
+
+__all__ = [
+    "DEFAULT_PRICES",
+    "AnthropicModel",
+    "Completion",
+    "CompletionOptions",
+    "LanguageModel",
+    "Message",
+    "OpenAIModel",
+    "Price",
+    "PriceTable",
+    "RetryPolicy",
+    "ScriptedCall",
+    "ScriptedModel",
+    "Usage",
+    "create_model",
+]

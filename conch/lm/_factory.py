@@ -1,0 +1,66 @@
+"""One string names a model: what the CLI and configuration files use."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from conch.errors import ConfigurationError
+from conch.lm._anthropic import AnthropicModel
+from conch.lm._openai import OpenAIModel
+from conch.lm._pricing import PriceTable
+from conch.lm._protocol import LanguageModel
+from conch.lm._retry import RetryPolicy
+from conch.lm._scripted import ReplyFunction, ScriptedModel, ScriptedReply
+
+PROVIDERS = ("openai", "anthropic", "scripted")
+
+
+def create_model(
+    spec: str,
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    timeout: float | None = None,
+    retry: RetryPolicy | None = None,
+    prices: PriceTable | None = None,
+    http_client: httpx.AsyncClient | None = None,
+    replies: Sequence[ScriptedReply] | ReplyFunction | None = None,
+) -> LanguageModel:
+    """Build a model from ``"provider:name"`` or a bare name.
+
+    - ``"openai:gpt-4o-mini"`` or just ``"gpt-4o-mini"``: an OpenAI-compatible server
+      (``base_url`` picks which: vLLM, Ollama, llama.cpp, LM Studio, OpenRouter...).
+      A bare name may contain colons (Ollama's ``"qwen2.5:1.5b"``): only the provider
+      names above are read as prefixes.
+    - ``"anthropic:claude-sonnet-4-5"``: Anthropic's Messages API.
+    - ``"scripted"`` (or ``"scripted:NAME"``) with ``replies=``: a ScriptedModel.
+    """
+    provider, _, name = spec.partition(":")
+    if provider not in PROVIDERS:
+        provider, name = "openai", spec
+    if provider == "scripted":
+        if replies is None:
+            raise ConfigurationError("the 'scripted' model needs replies=[...] or a function")
+        return ScriptedModel(replies, model=name or "scripted")
+    if not name:
+        raise ConfigurationError(
+            f"model spec {spec!r} names no model; write e.g. 'openai:gpt-4o-mini', "
+            "'anthropic:claude-sonnet-4-5', or a bare model name with base_url="
+        )
+    if replies is not None:
+        raise ConfigurationError(f"replies= only applies to the 'scripted' model, not {spec!r}")
+    common: dict[str, Any] = {
+        "base_url": base_url,
+        "api_key": api_key,
+        "retry": retry,
+        "prices": prices,
+        "http_client": http_client,
+    }
+    if timeout is not None:
+        common["timeout"] = timeout
+    if provider == "anthropic":
+        return AnthropicModel(name, **common)
+    return OpenAIModel(name, **common)
