@@ -27,9 +27,11 @@ def version() -> None:
 
 def _register_command_groups() -> None:
     # Each group lives in its own module and is added here, so `conch --help` lists them all.
+    from conch.cli import kg as kg_commands
     from conch.cli import sandbox as sandbox_commands
 
     app.add_typer(sandbox_commands.app, name="sandbox")
+    app.add_typer(kg_commands.app, name="kg")
 
 
 _register_command_groups()
