@@ -83,6 +83,8 @@ class SessionPaths:
     scratch: Path
     """Per-execution capture files; not part of snapshots."""
     tmp: Path
+    inputs: Path
+    """Files the host put in for the session (contexts): read-only inside, not snapshotted."""
     spill: Path
     """Host-only: complete outputs that were too long to return inline."""
     log: Path
@@ -94,10 +96,11 @@ class SessionPaths:
             work=root / "work",
             scratch=root / "scratch",
             tmp=root / "tmp",
+            inputs=root / "inputs",
             spill=root / "spill",
             log=root / "worker.log",
         )
-        for directory in (paths.work, paths.scratch, paths.tmp, paths.spill):
+        for directory in (paths.work, paths.scratch, paths.tmp, paths.inputs, paths.spill):
             directory.mkdir(parents=True, exist_ok=True)
         return paths
 
@@ -158,6 +161,10 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
         """Work, scratch and tmp directories as the worker sees them."""
         paths = session.paths
         return str(paths.work), str(paths.scratch), str(paths.tmp)
+
+    def _inputs_path(self, session: _Session) -> str:
+        """The inputs directory as the worker sees it."""
+        return str(session.paths.inputs)
 
     def _on_session_end(self, session: _Session) -> None:
         """Release backend resources bound to the session (after its worker is gone)."""
@@ -235,6 +242,29 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
             defined = await self._define(connection, source)
             session.helpers.append(source)
             return defined
+
+    async def upload(
+        self, session_id: str, name: str, source: bytes | str | os.PathLike[str]
+    ) -> str:
+        """Put a file into the session's read-only inputs; return its path inside the sandbox.
+
+        ``source`` is the data itself (``bytes``, or ``str`` written as UTF-8) or the path of
+        a host file, which is hard-linked when it can be and copied in chunks otherwise, so
+        a context of any size gets in without a second copy in host memory. Inputs are not
+        part of snapshots: what code loaded from them is.
+        """
+        if not isinstance(name, str) or not _SESSION_ID.match(name):
+            raise ConfigurationError(
+                f"invalid input name {name!r}: use letters, digits, '.', '_' or '-'"
+            )
+        session = self._session(session_id)
+        target = session.paths.inputs / name
+        if isinstance(source, (bytes, bytearray, memoryview, str)):
+            data = source.encode("utf-8") if isinstance(source, str) else source
+            await asyncio.to_thread(_write_atomically, target, data)
+        else:
+            await asyncio.to_thread(_link_or_copy, Path(source), target)
+        return f"{self._inputs_path(session)}/{name}"
 
     # --- execution --------------------------------------------------------------------
 
@@ -578,6 +608,24 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
 
     def _python_argv(self, agent_path: str, worker_config: dict[str, Any]) -> list[str]:
         return [sys.executable, "-I", agent_path, json.dumps(worker_config)]
+
+
+def _write_atomically(target: Path, data: bytes | bytearray | memoryview) -> None:
+    staging = target.with_name(target.name + ".partial")
+    staging.write_bytes(data)
+    os.replace(staging, target)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    if not source.is_file():
+        raise ConfigurationError(f"cannot upload {source}: it is not a readable file")
+    staging = target.with_name(target.name + ".partial")
+    staging.unlink(missing_ok=True)
+    try:
+        os.link(source, staging)
+    except OSError:  # another filesystem, or links not allowed: copy in chunks
+        shutil.copyfile(source, staging)
+    os.replace(staging, target)
 
 
 @dataclass

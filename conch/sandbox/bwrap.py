@@ -40,6 +40,7 @@ SANDBOX_WORK = "/session"
 SANDBOX_SCRATCH = "/conch/scratch"
 SANDBOX_TMP = "/tmp"
 SANDBOX_WORKER_DIR = "/opt/conch/worker"
+SANDBOX_INPUTS = "/inputs"
 _SANDBOX_UID = 1000
 _PIDS_CGROUP_ROOT = Path("/sys/fs/cgroup/pids")
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -103,6 +104,9 @@ class BubblewrapEnvironment(WorkerEnvironment):
     def _worker_paths(self, session: _Session) -> tuple[str, str, str]:
         return SANDBOX_WORK, SANDBOX_SCRATCH, SANDBOX_TMP
 
+    def _inputs_path(self, session: _Session) -> str:
+        return SANDBOX_INPUTS
+
     def _launch_spec(self, session: _Session, worker_config: dict[str, Any]) -> LaunchSpec:
         paths = session.paths
         argv = [self.bwrap_path, *_namespace_args(self.network)]
@@ -112,6 +116,7 @@ class BubblewrapEnvironment(WorkerEnvironment):
         argv += ["--bind", str(paths.work), SANDBOX_WORK]
         argv += ["--bind", str(paths.scratch), SANDBOX_SCRATCH]
         argv += ["--bind", str(paths.tmp), SANDBOX_TMP]
+        argv += ["--ro-bind", str(paths.inputs), SANDBOX_INPUTS]
         # bwrap's own root is a writable tmpfs (where /etc, /opt... were created): freeze it.
         argv += ["--remount-ro", "/", "--chdir", SANDBOX_WORK, "--clearenv"]
         for key, value in self._session_env(session).items():

@@ -355,3 +355,27 @@ async def test_a_temporary_root_is_removed_by_cleanup(backend):
     assert root.exists()
     await env.cleanup()
     assert not root.exists()
+
+
+async def test_uploaded_inputs_are_readable_but_not_writable_in_the_sandbox(
+    env, run, ctx, tmp_path
+):
+    host_file = tmp_path / "big.txt"
+    host_file.write_text("line\n" * 1000)
+    from_file = await env.upload(ctx.session_id, "big.txt", host_file)
+    from_bytes = await env.upload(ctx.session_id, "small.bin", b"\x00\x01")
+    from_text = await env.upload(ctx.session_id, "note.txt", "héllo")
+    result = await run(
+        f"print(open({from_file!r}).read().count('line'), open({from_bytes!r}, 'rb').read(), "
+        f"open({from_text!r}, encoding='utf-8').read())"
+    )
+    assert result.stdout == "1000 b'\\x00\\x01' héllo\n"
+    if env.has_capability(Capability.FILESYSTEM_ISOLATION):
+        refused = await run(f"open({from_file!r}, 'w')")
+        assert "Read-only file system" in refused.stderr
+    assert host_file.read_text() == "line\n" * 1000
+
+
+async def test_an_upload_with_a_path_like_name_is_refused(env, ctx):
+    with pytest.raises(ConfigurationError, match="invalid input name"):
+        await env.upload(ctx.session_id, "../escape", b"x")
