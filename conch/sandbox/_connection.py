@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import inspect
 import json
 import logging
@@ -26,7 +27,9 @@ from conch.sandbox.worker import protocol
 
 logger = logging.getLogger("conch.sandbox")
 
-_STREAM_LIMIT = 1024 * 1024
+_STREAM_LIMIT = 16 * 1024 * 1024
+_PIPE_BYTES = 1024 * 1024
+_WRITE_CHUNK = 1024 * 1024
 _START_TIMEOUT_S = 30.0
 
 
@@ -88,6 +91,7 @@ class WorkerConnection:
         self._callback_tasks: set[asyncio.Task[None]] = set()
         self._hello: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
         self._reported_exit: int | None = None
+        self._write_lock = asyncio.Lock()
         self.death: WorkerDied | None = None
         self._reader_task = asyncio.create_task(self._read_loop(), name="conch-worker-reader")
 
@@ -113,6 +117,7 @@ class WorkerConnection:
         finally:
             if log is not None:
                 log.close()
+        _widen_pipes(process)
         connection = cls(process, keeper=spec.keeper)
         try:
             hello = await asyncio.wait_for(asyncio.shield(connection._hello), _START_TIMEOUT_S)
@@ -133,11 +138,12 @@ class WorkerConnection:
     async def kill(self) -> None:
         """Kill the worker's whole process group and wait for the reader to finish."""
         if self.process.returncode is None:
-            for target in (self.process.pid,):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(target, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
+            # os.kill, not process.kill(): Popen.send_signal() polls first and would reap
+            # the child under asyncio's watcher, which then reports a bogus status of 255.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.process.pid, signal.SIGKILL)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.process.wait(), 10)
         if self.process.stdin is not None:
@@ -169,38 +175,52 @@ class WorkerConnection:
         *,
         host_functions: Mapping[str, HostFunction] | None = None,
         spill: SpillFiles | None = None,
+        request_id: int | None = None,
     ) -> tuple[dict, bytes]:
         """Send one request and wait for its reply. Raises WorkerDied if the worker ends."""
         if self.death is not None:
             raise self.death
-        self._next_id += 1
-        request_id = self._next_id
+        if request_id is None:
+            request_id = self.new_request_id()
         future: asyncio.Future[tuple[dict, bytes]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         if spill is not None:
             self._spills[request_id] = spill
         self._host_functions = host_functions or {}
         try:
-            self._write({**message, "id": request_id}, body)
+            await self._send({**message, "id": request_id}, body)
             return await future
         finally:
             self._pending.pop(request_id, None)
             self._spills.pop(request_id, None)
 
-    def send_interrupt(self) -> None:
+    def new_request_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    async def send_interrupt(self, request_id: int) -> None:
+        """Interrupt the request if it is still running (a stale interrupt is ignored)."""
         if self.alive:
             with contextlib.suppress(Exception):
-                self._write({"op": "interrupt"})
+                await self._send({"op": "interrupt", "target": request_id})
 
-    def _write(self, message: dict, body: bytes | memoryview = b"") -> None:
-        stdin = self.process.stdin
-        if stdin is None or stdin.is_closing():
-            raise self.death or WorkerDied("the worker's channel is closed", self.exit_code)
-        # Header and body are queued back to back with no await between: frames never
-        # interleave with callback replies written by other tasks.
-        stdin.write(protocol.encode_header(message, len(body)))
-        if body:
-            stdin.write(body)
+    async def _send(self, message: dict, body: bytes | memoryview = b"") -> None:
+        """Write one frame. Frames never interleave: a large body holds the write lock
+        while it is fed to the pipe in chunks (asyncio's pipe transport copies its whole
+        pending buffer on every partial write, so one huge write() is quadratic)."""
+        async with self._write_lock:
+            stdin = self.process.stdin
+            if stdin is None or stdin.is_closing():
+                raise self.death or WorkerDied("the worker's channel is closed", self.exit_code)
+            stdin.write(protocol.encode_header(message, len(body)))
+            if len(body) <= _WRITE_CHUNK:
+                if body:
+                    stdin.write(body)
+                return
+            view = memoryview(body)
+            for start in range(0, len(view), _WRITE_CHUNK):
+                stdin.write(view[start : start + _WRITE_CHUNK])
+                await stdin.drain()
 
     # --- reading ------------------------------------------------------------------------
 
@@ -277,12 +297,22 @@ class WorkerConnection:
             except Exception as exc:
                 reply["error"] = f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(Exception):
-            self._write(reply)
+            await self._send(reply)
 
     def _fail_pending(self, error: WorkerDied) -> None:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
+
+
+def _widen_pipes(process: asyncio.subprocess.Process) -> None:
+    """Ask for 1 MiB pipe buffers: snapshots move tens of MB through them in one go."""
+    for stream in (process.stdin, process.stdout):
+        transport = getattr(stream, "transport", None) or getattr(stream, "_transport", None)
+        pipe = transport.get_extra_info("pipe") if transport is not None else None
+        if pipe is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
 
 
 def _tail(path: Path | None, limit: int = 2000) -> str:

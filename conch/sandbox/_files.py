@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tarfile
@@ -37,12 +36,22 @@ def unpack_beside(directory: Path, archive_path: Path) -> Path:
     return staging
 
 
-def swap_in(directory: Path, staging: Path) -> None:
-    """Replace ``directory`` with ``staging`` by two renames."""
-    old = directory.with_name(directory.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        os.rename(directory, old)
-    os.rename(staging, directory)
-    with contextlib.suppress(OSError):
-        shutil.rmtree(old)
+def move_contents(staging: Path, directory: Path) -> None:
+    """Make ``directory`` hold exactly what ``staging`` holds, keeping its inode.
+
+    The directory itself stays (a sandbox may have it bind-mounted); its old entries are
+    removed and the staged ones renamed in, then the empty staging directory is removed.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for entry in list(directory.iterdir()):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    for entry in list(staging.iterdir()):
+        os.rename(entry, directory / entry.name)
+    staging.rmdir()
+
+
+def discard(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)

@@ -117,25 +117,32 @@ class SnapshotStore:
         return BlobWriter(self)
 
     def verify_blob(self, digest: str, snapshot_id: str) -> None:
-        path = self.blob_path(digest)
+        """Hash a blob on disk in chunks (for blobs too large to hold, like file archives)."""
         hasher = hashlib.sha256()
         try:
-            with open(path, "rb") as handle:
+            with open(self.blob_path(digest), "rb") as handle:
                 while chunk := handle.read(_HASH_CHUNK):
                     hasher.update(chunk)
         except FileNotFoundError:
-            raise SnapshotCorruptedError(
-                f"snapshot {snapshot_id} is damaged: its data blob {digest[:12]}… is missing "
-                f"from {self.root}. Delete the snapshot; the session was not changed."
-            ) from None
+            raise self._damaged(snapshot_id, f"its data blob {digest[:12]}… is missing") from None
         if hasher.hexdigest() != digest:
-            raise SnapshotCorruptedError(
-                f"snapshot {snapshot_id} is damaged: blob {digest[:12]}… does not match its "
-                f"hash. Delete the snapshot; the session was not changed."
-            )
+            raise self._damaged(snapshot_id, f"blob {digest[:12]}… does not match its hash")
 
-    def read_blob(self, digest: str) -> bytes:
-        return self.blob_path(digest).read_bytes()
+    def read_verified_blob(self, digest: str, snapshot_id: str) -> bytes:
+        """The blob's bytes, read and hashed in one pass."""
+        try:
+            data = self.blob_path(digest).read_bytes()
+        except FileNotFoundError:
+            raise self._damaged(snapshot_id, f"its data blob {digest[:12]}… is missing") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise self._damaged(snapshot_id, f"blob {digest[:12]}… does not match its hash")
+        return data
+
+    def _damaged(self, snapshot_id: str, what: str) -> SnapshotCorruptedError:
+        return SnapshotCorruptedError(
+            f"snapshot {snapshot_id} is damaged: {what} (store {self.root}). Delete the "
+            "snapshot; the session was not changed."
+        )
 
     # --- manifests ------------------------------------------------------------------
 

@@ -146,6 +146,7 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
         self._interrupt_grace_s = interrupt_grace_s
         self._max_spill_bytes = max_spill_bytes
         self._sessions: dict[str, _Session] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._closed = False
 
     # --- what a backend provides -----------------------------------------------------
@@ -330,8 +331,11 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
         ctx: ExecutionContext,
         spill: SpillFiles,
     ) -> _Outcome:
+        request_id = connection.new_request_id()
         request = asyncio.ensure_future(
-            connection.request(message, host_functions=ctx.host_functions, spill=spill)
+            connection.request(
+                message, host_functions=ctx.host_functions, spill=spill, request_id=request_id
+            )
         )
         try:
             try:
@@ -340,7 +344,7 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
             except TimeoutError:
                 pass
             # Interrupt first (KeyboardInterrupt in the cell); kill if it does not stop.
-            connection.send_interrupt()
+            await connection.send_interrupt(request_id)
             try:
                 reply, body = await asyncio.wait_for(
                     asyncio.shield(request), self._interrupt_grace_s
@@ -358,15 +362,34 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
             return _Outcome(None, b"", died=died)
         except asyncio.CancelledError:
             # The caller gave up: stop the code too, so the session is free for the next call.
-            connection.send_interrupt()
-            asyncio.get_running_loop().call_later(
-                self._interrupt_grace_s,
-                lambda: request.done() or asyncio.ensure_future(connection.kill()),
-            )
+            self._in_background(self._stop_abandoned(session, connection, request, request_id))
             raise
         finally:
             if request.done() and not request.cancelled():
                 request.exception()  # retrieved: no "exception never retrieved" noise
+
+    async def _stop_abandoned(
+        self,
+        session: _Session,
+        connection: WorkerConnection,
+        request: asyncio.Future,
+        request_id: int,
+    ) -> None:
+        """Interrupt a call nobody waits for any more; kill its worker if that fails."""
+        await connection.send_interrupt(request_id)
+        try:
+            await asyncio.wait_for(asyncio.shield(request), self._interrupt_grace_s)
+        except Exception:
+            if not request.done():
+                await connection.kill()
+                if session.connection is connection:
+                    session.connection = None
+                    session.state_lost = True
+
+    def _in_background(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _result(
         self,
@@ -496,21 +519,29 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
                 f"snapshot {snapshot_id} was made by the {backend!r} backend; restore it "
                 f"with that backend, not {str(self.backend_type())!r}"
             )
-        # Everything is read and checked before the session is touched.
-        state = await asyncio.to_thread(self._load_verified, manifest)
         session = self._session(owner)
         async with session.lock:
-            staging = await asyncio.to_thread(
-                _files.unpack_beside,
-                session.paths.work,
-                self._snapshots.blob_path(manifest.data["files"]["digest"]),
+            # Read and check everything, unpack the files beside the session and start the
+            # new worker, all at once; the session is touched only when all three succeeded.
+            files_blob = self._snapshots.blob_path(manifest.data["files"]["digest"])
+            steps = await asyncio.gather(
+                asyncio.to_thread(self._load_verified, manifest),
+                asyncio.to_thread(_files.unpack_beside, session.paths.work, files_blob),
+                self._start_worker(session),
+                return_exceptions=True,
             )
+            failure = next((step for step in steps if isinstance(step, BaseException)), None)
+            if failure is not None:
+                if isinstance(steps[1], Path):
+                    _files.discard(steps[1])
+                if isinstance(steps[2], WorkerConnection):
+                    await steps[2].kill()
+                raise failure
+            state, staging, connection = steps
             if session.connection is not None:
                 await session.connection.kill()
-                session.connection = None
-            _files.swap_in(session.paths.work, staging)
+            _files.move_contents(staging, session.paths.work)
             self._after_files_restored(session)
-            connection = await self._start_worker(session)
             session.connection = connection
             session.state_lost = False
             reply, _ = await connection.request(
@@ -536,10 +567,11 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
         """Hook for backends that must adjust restored files (ownership, labels)."""
 
     def _load_verified(self, manifest) -> bytes:
-        for digest in manifest.blob_digests():
-            self._snapshots.verify_blob(digest, manifest.snapshot.id)
+        snapshot_id = manifest.snapshot.id
+        self._snapshots.verify_blob(manifest.data["files"]["digest"], snapshot_id)
         return b"".join(
-            self._snapshots.read_blob(entry[3]) for entry in manifest.data["state"]["names"]
+            self._snapshots.read_verified_blob(entry[3], snapshot_id)
+            for entry in manifest.data["state"]["names"]
         )
 
     async def list_snapshots(self, session_id: str) -> Sequence[SnapshotId]:

@@ -379,3 +379,15 @@ async def test_uploaded_inputs_are_readable_but_not_writable_in_the_sandbox(
 async def test_an_upload_with_a_path_like_name_is_refused(env, ctx):
     with pytest.raises(ConfigurationError, match="invalid input name"):
         await env.upload(ctx.session_id, "../escape", b"x")
+
+
+async def test_a_cancelled_call_stops_its_code_and_frees_the_session(run):
+    await run("kept = 'yes'")
+    call = asyncio.create_task(run("import time\nwhile True:\n    time.sleep(0.01)"))
+    await asyncio.sleep(0.3)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    after = await run("kept")
+    assert after.stdout == "'yes'\n"
+    assert not after.state_lost

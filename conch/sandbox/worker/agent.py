@@ -110,6 +110,7 @@ class Worker:
         self.max_spill = int(config.get("max_spill_bytes", 1 << 30))
         self.requests: queue.Queue = queue.Queue()
         self.executing = False
+        self.current_request = None
         self.call_lock = threading.Lock()
         self.next_call_id = 0
         self.pending_calls: dict[int, list] = {}
@@ -186,7 +187,7 @@ class Worker:
                 if op == "ret":
                     self._deliver_call_reply(message)
                 elif op == "interrupt":
-                    if self.executing:
+                    if self.executing and message.get("target") == self.current_request:
                         signal.pthread_kill(self.main_thread_id, signal.SIGINT)
                 else:
                     self.requests.put((message, body))
@@ -229,6 +230,7 @@ class Worker:
             except KeyboardInterrupt:  # a late interrupt that found no running code
                 continue
             op = message["op"]
+            self.current_request = message.get("id")
             if op == "shutdown":
                 self.channel.send({"op": "res", "id": message.get("id")})
                 os._exit(0)
