@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -639,7 +640,17 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
             await asyncio.to_thread(shutil.rmtree, self.root, True)
 
     def _python_argv(self, agent_path: str, worker_config: dict[str, Any]) -> list[str]:
-        return [sys.executable, "-I", agent_path, json.dumps(worker_config)]
+        # -S skips site.py, whose .pth hooks cost tens of ms at every start; the worker adds
+        # the site-packages directories itself, so installed packages stay importable.
+        config = {**worker_config, "site_packages": _site_packages()}
+        return [sys.executable, "-I", "-S", agent_path, json.dumps(config)]
+
+
+@functools.cache
+def _site_packages() -> list[str]:
+    import site
+
+    return [path for path in site.getsitepackages() if os.path.isdir(path)]
 
 
 def _write_atomically(target: Path, data: bytes | bytearray | memoryview) -> None:

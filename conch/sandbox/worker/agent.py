@@ -666,6 +666,9 @@ def _run_keeper() -> None:
 
 def main(argv: list[str]) -> None:
     config = json.loads(argv[1]) if len(argv) > 1 else {}
+    for path in config.get("site_packages") or ():
+        if path not in sys.path:
+            sys.path.append(path)
     if config.get("keeper"):
         _run_keeper()
     if config.get("cwd"):
