@@ -177,9 +177,19 @@ async def test_os_exit_is_a_clear_error_and_the_next_call_gets_a_fresh_worker(ru
     assert after.stdout == "alive\n" and after.state_lost
 
 
-async def test_a_segfault_is_reported_as_signal_11(run):
-    result = await run("import ctypes\nctypes.string_at(0)")
-    assert result.exit_code == 128 + 11
+@pytest.mark.parametrize(
+    ("code", "signal_number"),
+    [
+        ("import ctypes\nctypes.string_at(0)", 11),
+        ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", 9),  # as the OOM killer does
+    ],
+    ids=["segfault", "sigkill"],
+)
+async def test_a_worker_killed_by_a_signal_is_reported_as_128_plus_the_signal(
+    run, code, signal_number
+):
+    result = await run(code)
+    assert result.exit_code == 128 + signal_number
     assert result.state_lost
     assert (await run("print('alive')")).stdout == "alive\n"
 

@@ -33,15 +33,16 @@ class FrameError(Exception):
 
 def encode_frame(message: dict, body: bytes | memoryview = b"") -> bytes:
     """One frame as bytes. ``message`` must be JSON-serialisable."""
-    data = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    if len(data) > MAX_JSON_BYTES:
-        raise FrameError(f"frame JSON of {len(data)} bytes exceeds {MAX_JSON_BYTES}")
-    return HEADER.pack(MAGIC, VERSION, len(data), len(body)) + data + bytes(body)
+    return encode_header(message, len(body)) + bytes(body)
 
 
 def encode_header(message: dict, body_length: int) -> bytes:
     """Header and JSON of a frame whose body is written separately (large bodies)."""
+    if not 0 <= body_length <= MAX_BODY_BYTES:
+        raise FrameError(f"frame body of {body_length} bytes is out of range")
     data = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(data) > MAX_JSON_BYTES:
+        raise FrameError(f"frame JSON of {len(data)} bytes exceeds {MAX_JSON_BYTES}")
     return HEADER.pack(MAGIC, VERSION, len(data), body_length) + data
 
 
