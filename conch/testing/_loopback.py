@@ -13,6 +13,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
 
+class _LoopbackHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # The stdlib's listen backlog of 5 drops the 6th of 16 simultaneous connections, which
+    # the client retries a second later: fan-out tests and benchmarks need a deeper queue.
+    request_queue_size = 128
+
+
 @dataclass(frozen=True)
 class Reply:
     """How the server answers one request: a completion, or a fault.
@@ -143,7 +150,7 @@ class LoopbackServer:
         self._next_scripted = 0
         self._lock = threading.Lock()
         self._closing = threading.Event()
-        self._httpd: ThreadingHTTPServer | None = None
+        self._httpd: _LoopbackHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     # --- lifecycle -------------------------------------------------------------------
@@ -152,7 +159,7 @@ class LoopbackServer:
         if self._httpd is not None:
             return self
         handler = type("Handler", (_Handler,), {"owner": self})
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        httpd = _LoopbackHTTPServer(("127.0.0.1", 0), handler)
         httpd.daemon_threads = True
         self._httpd = httpd
         # A short poll interval makes close() quick: shutdown waits for the next poll.

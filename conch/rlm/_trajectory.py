@@ -1,0 +1,100 @@
+"""A run's trajectory as trace records: versioned JSONL events, child runs nested by parent id.
+
+Records, in order: ``run_start``; per reply a ``model_call`` (usage, cost, the reply, and only
+the messages added since the previous call: the full prompt of call n is the concatenation
+of the deltas of calls 1..n); a ``code_cell`` per cell (code, output as the model saw it,
+timing); a ``sub_call`` per ``llm_query`` prompt or ``rlm_query`` (with the child's run id);
+``final`` when an answer is given; ``run_end``. A child run's records carry its own
+``run_id`` and, as ``parent_id``, the span of the run that started it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from conch.lm import Completion, Message, Usage
+from conch.trace import RecordType, TraceContext, TraceRecord, TraceSink
+
+_PREVIEW = 500
+
+
+class Trajectory:
+    """Emits one run's records to a sink (or nowhere when the sink is None)."""
+
+    def __init__(self, sink: TraceSink | None, context: TraceContext) -> None:
+        self.sink = sink
+        self.context = context
+        self._logged_messages = 0
+
+    def child(self, run_id: str, session_id: str) -> Trajectory:
+        return Trajectory(self.sink, self.context.child(run_id=run_id, session_id=session_id))
+
+    def _emit(self, record_type: str, data: Mapping[str, Any]) -> None:
+        if self.sink is not None:
+            self.sink.emit(TraceRecord.create(record_type, self.context, data))
+
+    def run_start(self, **data: Any) -> None:
+        self._emit(RecordType.RUN_START, data)
+
+    def model_call(
+        self,
+        iteration: int,
+        messages: Sequence[Message],
+        completion: Completion,
+        reply: str,
+        *,
+        kind: str = "turn",
+    ) -> None:
+        """Log the call; the loop then appends ``reply`` to ``messages`` (already counted)."""
+        delta = [dict(m) for m in messages[self._logged_messages :]]
+        self._logged_messages = len(messages) + 1
+        self._emit(
+            RecordType.MODEL_CALL,
+            {
+                "iteration": iteration,
+                "kind": kind,
+                "model": completion.model,
+                "new_messages": delta,
+                "reply": reply,
+                "usage": _usage(completion.usage),
+                "cost_usd": completion.cost_usd,
+                "latency_s": completion.latency_s,
+                "finish_reason": completion.finish_reason,
+                "attempts": completion.attempts,
+            },
+        )
+
+    def code_cell(self, iteration: int, index: int, code: str, **data: Any) -> None:
+        self._emit(
+            RecordType.CODE_CELL, {"iteration": iteration, "index": index, "code": code, **data}
+        )
+
+    def sub_call(self, kind: str, **data: Any) -> None:
+        self._emit(RecordType.SUB_CALL, {"kind": kind, **data})
+
+    def final(self, answer: str, source: str) -> None:
+        self._emit(RecordType.FINAL, {"answer": answer, "source": source})
+
+    def error(self, message: str) -> None:
+        self._emit(RecordType.ERROR, {"message": message})
+
+    def run_end(self, **data: Any) -> None:
+        self._emit(RecordType.RUN_END, data)
+
+
+def preview(text: str, limit: int = _PREVIEW) -> str:
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text):,} chars)"
+
+
+def _usage(usage: Usage) -> dict[str, int]:
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+    }
+
+
+def usage_dict(usage: Usage) -> dict[str, int]:
+    return _usage(usage)

@@ -1,0 +1,135 @@
+"""``conch run`` and ``conch trace show`` against a loopback OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from conch.cli import app
+from conch.testing._loopback import Reply
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    monkeypatch.setenv("CONCH_NO_PROGRESS", "1")
+    runner = CliRunner()
+
+    def invoke(*args: str, stdin: str | None = None):
+        return runner.invoke(app, list(args), input=stdin)
+
+    return invoke
+
+
+@pytest.fixture
+def context_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("ERROR disk full\nok\nERROR fan\n")
+    return path
+
+
+def counting_errors(request) -> str:
+    if request.messages[0]["role"] != "system":
+        return "sub"
+    if len(request.messages) == 2:
+        return "```repl\nn = context.count('ERROR')\nprint(n)\n```"
+    return "```repl\nFINAL(f'{n} errors')\n```"
+
+
+def run_args(server, context_file, *extra: str) -> list[str]:
+    return [
+        "run",
+        "--base-url",
+        server.base_url,
+        "--model",
+        "test-model",
+        "--sandbox",
+        "local",
+        "--context",
+        str(context_file),
+        *extra,
+        "How many errors?",
+    ]
+
+
+def test_run_prints_the_answer_and_exits_0(cli, openai_server, context_file):
+    openai_server.replies = counting_errors
+    result = cli(*run_args(openai_server, context_file))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "2 errors\n"
+    assert "iterations 2" in result.stderr
+    assert openai_server.requests[0].body["model"] == "test-model"
+
+
+def test_run_json_prints_the_result_object(cli, openai_server, context_file):
+    openai_server.replies = counting_errors
+    result = cli(*run_args(openai_server, context_file, "--json"))
+    payload = json.loads(result.stdout)
+    assert payload["answer"] == "2 errors"
+    assert payload["termination_reason"] == "final"
+    assert payload["iterations"] == 2
+    assert payload["usage"]["total_tokens"] > 0
+
+
+def test_run_reads_the_context_from_stdin(cli, openai_server):
+    openai_server.replies = ["```repl\nFINAL(context.strip().upper())\n```"]
+    args = ["run", "--base-url", openai_server.base_url, "--model", "m", "--sandbox", "local"]
+    result = cli(*args, "--context", "-", "Shout it", stdin="quiet words\n")
+    assert result.stdout == "QUIET WORDS\n"
+
+
+def test_a_missing_context_path_exits_2_naming_it(cli, openai_server, tmp_path):
+    result = cli(*run_args(openai_server, tmp_path / "missing.txt"))
+    assert result.exit_code == 2
+    assert "missing.txt does not exist" in result.stderr
+    assert openai_server.requests == []
+
+
+def test_an_empty_context_file_exits_2(cli, openai_server, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    result = cli(*run_args(openai_server, empty))
+    assert result.exit_code == 2
+    assert "is empty" in result.stderr
+
+
+def test_without_a_model_it_says_how_to_choose_one(cli):
+    result = cli("run", "q")
+    assert result.exit_code == 2
+    assert "--base-url URL --model NAME" in result.stderr
+
+
+def test_a_provider_refusing_the_key_exits_4_naming_the_url(cli, openai_server, context_file):
+    openai_server.api_key = "secret"
+    result = cli(*run_args(openai_server, context_file))
+    assert result.exit_code == 4
+    assert openai_server.base_url in " ".join(result.stderr.split())
+
+
+def test_running_out_of_iterations_without_an_answer_exits_3(cli, openai_server, context_file):
+    def never_finishes(request):
+        if "cannot run more code" in request.last_user_text:
+            return Reply(content="")  # and no best answer either
+        return "```repl\nx = 1\n```"
+
+    openai_server.replies = never_finishes
+    result = cli(*run_args(openai_server, context_file, "--max-iterations", "2"))
+    assert result.exit_code == 3
+    assert "max_iterations" in result.stderr
+
+
+def test_trace_show_prints_the_run_as_a_tree(cli, openai_server, context_file, tmp_path):
+    openai_server.replies = counting_errors
+    trace = tmp_path / "run.jsonl"
+    assert cli(*run_args(openai_server, context_file, "--trace", str(trace))).exit_code == 0
+    shown = cli("trace", "show", str(trace))
+    assert shown.exit_code == 0
+    assert "iteration 1" in shown.stdout and "iteration 2" in shown.stdout
+    assert "final (FINAL): 2 errors" in shown.stdout
+    assert "end: final after 2 iterations" in shown.stdout
+
+
+def test_trace_show_of_a_missing_file_exits_2(cli, tmp_path):
+    result = cli("trace", "show", str(tmp_path / "none.jsonl"))
+    assert result.exit_code == 2
