@@ -80,7 +80,9 @@ def test_stop_sequences_are_what_the_cut_looks_for():
 
 _code_lines = st.lists(
     st.text(alphabet=string.ascii_letters + string.digits + " =+()'.,_", max_size=30).filter(
-        lambda line: not line.lstrip().startswith(("```", "~~~"))
+        # never a triple quote: a fence inside an unfinished string is code by design
+        # (test_a_fence_inside_a_triple_quoted_string_is_part_of_the_code)
+        lambda line: not line.lstrip().startswith(("```", "~~~")) and "'" * 3 not in line
     ),
     min_size=1,
     max_size=6,
