@@ -28,12 +28,14 @@ def version() -> None:
 def _register_command_groups() -> None:
     # Each group lives in its own module and is added here, so `conch --help` lists them all.
     from conch.cli import kg as kg_commands
+    from conch.cli import models as models_commands
     from conch.cli import sandbox as sandbox_commands
     from conch.cli import trace as trace_commands
     from conch.cli.run import run_command
 
     app.add_typer(sandbox_commands.app, name="sandbox")
     app.add_typer(kg_commands.app, name="kg")
+    app.add_typer(models_commands.app, name="models")
     app.add_typer(trace_commands.app, name="trace")
     app.command("run")(run_command)
 

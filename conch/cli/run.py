@@ -29,12 +29,6 @@ EXIT_BAD_INPUT = 2
 EXIT_NO_ANSWER = 3
 EXIT_MODEL_ERROR = 4
 
-_NO_MODEL = (
-    "no model given: conch has no bundled local model yet. Pass --base-url URL --model NAME "
-    "for an OpenAI-compatible server (vLLM, Ollama, llama.cpp, LM Studio), or "
-    "--model openai:NAME with OPENAI_API_KEY set."
-)
-
 
 def run_command(
     query: Annotated[str, typer.Argument(help="The question to answer about the context.")],
@@ -44,7 +38,10 @@ def run_command(
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option(help="Model: NAME with --base-url, or provider:NAME (openai:, anthropic:)."),
+        typer.Option(
+            help="NAME with --base-url, or provider:NAME (openai:, anthropic:, local:). "
+            "Default: the embedded local model."
+        ),
     ] = None,
     base_url: Annotated[
         str | None, typer.Option("--base-url", help="An OpenAI-compatible API root (…/v1).")
@@ -67,8 +64,10 @@ def run_command(
     from conch.rlm import RLM, Budget
 
     errors = Console(stderr=True)
-    if model is None:
-        _fail(errors, _NO_MODEL, EXIT_BAD_INPUT)
+    if model is None and base_url is None:
+        model = "local"  # the embedded default; if it is missing the error names the install
+    elif model is None:
+        _fail(errors, "--base-url needs --model NAME: the model that server serves", EXIT_BAD_INPUT)
     staged: Path | None = None
     try:
         if context == "-":

@@ -6,6 +6,8 @@ returns a ``Completion`` with the text (never ``None``), token usage, cost and l
 - ``OpenAIModel``: any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp, LM Studio,
   OpenRouter) through the official ``openai`` SDK.
 - ``AnthropicModel``: Anthropic's Messages API (``pip install 'conch[anthropic]'``).
+- ``LocalModel``: the embedded default, a GGUF model run in-process by llama.cpp
+  (``pip install 'conch[local]'``; weights via ``conch models pull NAME``).
 - ``ScriptedModel``: replies from a list or a function, for tests and demos.
 - ``create_model("openai:gpt-4o-mini")``: a model from one string.
 
@@ -16,6 +18,7 @@ message names the endpoint and the model and says what to do.
 
 from conch.lm._anthropic import AnthropicModel
 from conch.lm._factory import create_model
+from conch.lm._local import LocalModel, loaded_local_models, unload_local_models
 from conch.lm._openai import OpenAIModel
 from conch.lm._pricing import DEFAULT_PRICES, Price, PriceTable
 from conch.lm._protocol import LanguageModel
@@ -29,6 +32,7 @@ __all__ = [
     "Completion",
     "CompletionOptions",
     "LanguageModel",
+    "LocalModel",
     "Message",
     "OpenAIModel",
     "Price",
@@ -38,4 +42,6 @@ __all__ = [
     "ScriptedModel",
     "Usage",
     "create_model",
+    "loaded_local_models",
+    "unload_local_models",
 ]

@@ -9,13 +9,15 @@ import httpx
 
 from conch.errors import ConfigurationError
 from conch.lm._anthropic import AnthropicModel
+from conch.lm._local import LocalModel
 from conch.lm._openai import OpenAIModel
 from conch.lm._pricing import PriceTable
 from conch.lm._protocol import LanguageModel
 from conch.lm._retry import RetryPolicy
 from conch.lm._scripted import ReplyFunction, ScriptedModel, ScriptedReply
+from conch.lm._weights import DEFAULT_LOCAL_MODEL
 
-PROVIDERS = ("openai", "anthropic", "scripted")
+PROVIDERS = ("openai", "anthropic", "scripted", "local")
 
 
 def create_model(
@@ -37,6 +39,8 @@ def create_model(
       names above are read as prefixes.
     - ``"anthropic:claude-sonnet-4-5"``: Anthropic's Messages API.
     - ``"scripted"`` (or ``"scripted:NAME"``) with ``replies=``: a ScriptedModel.
+    - ``"local"`` (the default embedded model), ``"local:qwen2.5-coder-0.5b"`` or
+      ``"local:/path/to/file.gguf"``: a LocalModel run in-process by llama.cpp.
     """
     provider, _, name = spec.partition(":")
     if provider not in PROVIDERS:
@@ -45,6 +49,12 @@ def create_model(
         if replies is None:
             raise ConfigurationError("the 'scripted' model needs replies=[...] or a function")
         return ScriptedModel(replies, model=name or "scripted")
+    if provider == "local":
+        if replies is not None or base_url is not None or api_key is not None:
+            raise ConfigurationError(
+                f"{spec!r} runs in this process: replies=, base_url= and api_key= do not apply"
+            )
+        return LocalModel(name or DEFAULT_LOCAL_MODEL)
     if not name:
         raise ConfigurationError(
             f"model spec {spec!r} names no model; write e.g. 'openai:gpt-4o-mini', "

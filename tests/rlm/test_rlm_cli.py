@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -94,10 +95,22 @@ def test_an_empty_context_file_exits_2(cli, openai_server, tmp_path):
     assert "is empty" in result.stderr
 
 
-def test_without_a_model_it_says_how_to_choose_one(cli):
-    result = cli("run", "q")
+def test_without_a_model_it_uses_the_local_default_or_names_its_install_command(
+    cli, context_file, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("CONCH_HOME", str(tmp_path / "empty-home"))  # no weights pulled here
+    result = cli("run", "--context", str(context_file), "q")
+    assert result.exit_code == 4
+    if importlib.util.find_spec("llama_cpp") is None:
+        assert "pip install 'conch[local]'" in result.stderr
+    else:
+        assert "conch models pull qwen2.5-coder-1.5b" in result.stderr
+
+
+def test_a_base_url_without_a_model_is_bad_input(cli, openai_server):
+    result = cli("run", "--base-url", openai_server.base_url, "q")
     assert result.exit_code == 2
-    assert "--base-url URL --model NAME" in result.stderr
+    assert "--base-url needs --model NAME" in result.stderr
 
 
 def test_a_provider_refusing_the_key_exits_4_naming_the_url(cli, openai_server, context_file):
