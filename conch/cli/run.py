@@ -58,10 +58,24 @@ def run_command(
     trace: Annotated[
         Path | None, typer.Option("--trace", help="Append the run's trace (JSONL) here.")
     ] = None,
+    thesaurus: Annotated[
+        Path | None,
+        typer.Option(
+            "--thesaurus",
+            help="Validate every cell against this knowledge graph first (see conch kg build).",
+        ),
+    ] = None,
+    strictness: Annotated[
+        str | None,
+        typer.Option(
+            "--strictness", help="With --thesaurus: permissive, normal (default) or strict."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Answer QUERY about a context by letting a model write code against it in a sandbox."""
     from conch.rlm import RLM, Budget
+    from conch.validate import terminal_escalation
 
     errors = Console(stderr=True)
     if model is None and base_url is None:
@@ -77,6 +91,7 @@ def run_command(
             context_value = Path(context) if context is not None else None
         if max_cost is not None and max_cost <= 0:
             raise ConfigurationError(f"--max-cost must be positive, not {max_cost}")
+        validator = _build_validator(thesaurus, strictness)
         root_model = _build_model(model, base_url)
         child_model = _build_model(sub_model, base_url) if sub_model else None
         progress = _Progress(errors)
@@ -91,6 +106,9 @@ def run_command(
             max_iterations=max_iterations,
             budget=Budget(max_cost_usd=max_cost),
             trace=sink,
+            validator=validator,
+            # Asks on the terminal after repeated blocks; rejects when stdin is not a terminal.
+            escalate=terminal_escalation if validator is not None else None,
         )
         with progress.live():
             result = rlm.completion(context_value, query)
@@ -120,6 +138,16 @@ def run_command(
     )
     code = EXIT_MODEL_ERROR if reason == "model_error" else EXIT_NO_ANSWER
     _fail(errors, message, code)
+
+
+def _build_validator(thesaurus: Path | None, strictness: str | None):
+    if thesaurus is None:
+        if strictness is not None:
+            raise ConfigurationError("--strictness needs --thesaurus FILE to validate against")
+        return None
+    from conch.validate import KnowledgeGraphValidator
+
+    return KnowledgeGraphValidator(thesaurus, strictness or "normal")
 
 
 def _build_model(spec: str, base_url: str | None):

@@ -38,7 +38,7 @@ from conch.rlm._result import RLMResult
 from conch.rlm._trajectory import Trajectory, preview, usage_dict
 from conch.sandbox import ExecutionContext, ExecutionEnvironment, ExecutionResult
 from conch.trace import new_trace_id
-from conch.validate import ValidationGate
+from conch.validate import ValidationEvent, ValidationGate
 
 logger = logging.getLogger("conch.rlm")
 
@@ -262,6 +262,16 @@ class Run:
             gate = self.settings.gate
             if gate is not None:
                 outcome = await gate.check(block.code, "code", session_id=self.session_id)
+                self.trajectory.validation(
+                    ValidationEvent.from_result(
+                        block.code,
+                        "code",
+                        outcome.result,
+                        outcome.decision,
+                        retry_count=outcome.attempt,
+                        session_id=self.session_id,
+                    ).to_record()
+                )
                 if not outcome.should_run:
                     feedback = outcome.feedback or "Not run: blocked by validation."
                     outputs.append(_prompts.cell_output(index, len(blocks), feedback))

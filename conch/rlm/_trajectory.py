@@ -73,6 +73,9 @@ class Trajectory:
     def sub_call(self, kind: str, **data: Any) -> None:
         self._emit(RecordType.SUB_CALL, {"kind": kind, **data})
 
+    def validation(self, record: Mapping[str, Any]) -> None:
+        self._emit(RecordType.VALIDATION, record)
+
     def final(self, answer: str, source: str) -> None:
         self._emit(RecordType.FINAL, {"answer": answer, "source": source})
 

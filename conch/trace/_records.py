@@ -24,6 +24,8 @@ class RecordType(enum.StrEnum):
     FINAL = "final"
     RUN_END = "run_end"
     ERROR = "error"
+    VALIDATION = "validation"
+    """One knowledge-graph validation of a cell: input hash, terms, decision (no input text)."""
     MODEL_REQUEST = "model_request"
     """Extended level only: the raw request sent to a provider."""
     MODEL_REPLY = "model_reply"

@@ -146,3 +146,36 @@ def test_trace_show_prints_the_run_as_a_tree(cli, openai_server, context_file, t
 def test_trace_show_of_a_missing_file_exits_2(cli, tmp_path):
     result = cli("trace", "show", str(tmp_path / "none.jsonl"))
     assert result.exit_code == 2
+
+
+@pytest.fixture
+def git_thesaurus(tmp_path):
+    path = tmp_path / "thesaurus.json"
+    terms = {"git": "git", "push": "push", "commit": "commit", "print": "print"}
+    data = {term: {"id": i, "nterm": concept} for i, (term, concept) in enumerate(terms.items())}
+    path.write_text(json.dumps({"name": "git", "data": data}))
+    return path
+
+
+def test_with_a_thesaurus_cells_outside_the_domain_are_blocked_and_then_rejected(
+    cli, openai_server, context_file, git_thesaurus
+):
+    openai_server.replies = lambda request: "```repl\nfrobnicate = wibble(context)\n```"
+    result = cli(*run_args(openai_server, context_file, "--thesaurus", str(git_thesaurus)))
+    # stdin is not a terminal here, so the escalation after the third block rejects the cell.
+    assert result.exit_code == 3
+    assert "no answer (validation_rejected)" in result.stderr
+    assert "escalation rejected it" in result.stderr
+
+
+def test_strictness_without_a_thesaurus_is_bad_input(cli, openai_server, context_file):
+    result = cli(*run_args(openai_server, context_file, "--strictness", "strict"))
+    assert result.exit_code == 2
+    assert "--strictness needs --thesaurus" in result.stderr
+
+
+def test_a_missing_thesaurus_is_bad_input(cli, openai_server, context_file, tmp_path):
+    missing = tmp_path / "nope.json"
+    result = cli(*run_args(openai_server, context_file, "--thesaurus", str(missing)))
+    assert result.exit_code == 2
+    assert "nope.json" in result.stderr

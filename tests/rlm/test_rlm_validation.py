@@ -3,9 +3,13 @@ the run."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from conch.lm import ScriptedModel
 from conch.rlm import RLM, TerminationReason
 from conch.sandbox import ValidationResult
+from conch.trace import MemoryTraceSink, RecordType
 
 
 class NoDeletes:
@@ -47,3 +51,17 @@ async def test_an_approved_escalation_runs_the_cell(env):
     rlm = RLM(model, sandbox=env, validator=NoDeletes(), escalate=lambda escalation: True)
     result = await rlm.acompletion("c", "q")
     assert result.answer == "2"
+
+
+async def test_every_validation_is_recorded_in_the_trace_without_the_code(env):
+    sink = MemoryTraceSink()
+    model = ScriptedModel([repl("delete_all = 1"), repl("FINAL('kept')")])
+    await RLM(model, sandbox=env, validator=NoDeletes(), trace=sink).acompletion("c", "q")
+    records = sink.of_type(RecordType.VALIDATION)
+    assert [(r.data["decision"], r.data["passed"]) for r in records] == [
+        ("retry", False),
+        ("run", True),
+    ]
+    assert records[0].data["unknown"] == ["delete"]
+    assert records[0].data["input_sha256"] == hashlib.sha256(b"delete_all = 1").hexdigest()
+    assert all("delete_all" not in json.dumps(r.data) for r in records)
