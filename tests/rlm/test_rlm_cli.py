@@ -164,7 +164,7 @@ def test_with_a_thesaurus_cells_outside_the_domain_are_blocked_and_then_rejected
     result = cli(*run_args(openai_server, context_file, "--thesaurus", str(git_thesaurus)))
     # stdin is not a terminal here, so the escalation after the third block rejects the cell.
     assert result.exit_code == 3
-    assert "no answer (validation_rejected)" in result.stderr
+    assert "the run ended with validation_rejected" in result.stderr
     assert "escalation rejected it" in result.stderr
 
 
