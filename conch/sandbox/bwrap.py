@@ -24,7 +24,9 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +90,9 @@ class BubblewrapEnvironment(WorkerEnvironment):
         self.bwrap_path = found
         self.network = network
         super().__init__(**options)
-        self._cgroups = _PidsCgroups.create(f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self._cgroup_name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._cgroups: _PidsCgroups | None = None
+        self._cgroups_tried = False
 
     def default_limits(self) -> ResourceLimits:
         return DEFAULT_LIMITS
@@ -122,13 +126,24 @@ class BubblewrapEnvironment(WorkerEnvironment):
         for key, value in self._session_env(session).items():
             argv += ["--setenv", key, value]
         argv += self._python_argv(f"{SANDBOX_WORKER_DIR}/agent.py", worker_config)
-        if self._cgroups is not None and self.limits.max_processes:
-            procs_file = self._cgroups.for_session(session.id, self.limits.max_processes)
+        cgroups = self._session_cgroups()
+        if cgroups is not None and self.limits.max_processes:
+            procs_file = cgroups.for_session(session.id, self.limits.max_processes)
             if procs_file is not None:
                 # The shell joins the cgroup, then becomes bwrap: every sandboxed process
                 # is born inside it.
                 argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs_file), *argv]
         return LaunchSpec(argv=argv, env={}, log_path=paths.log)
+
+    def _session_cgroups(self) -> _PidsCgroups | None:
+        """The environment's pids cgroup, made on first use and removed when the environment
+        is cleaned up or, failing that, garbage-collected (so no empty cgroups pile up)."""
+        if not self._cgroups_tried:
+            self._cgroups_tried = True
+            self._cgroups = _PidsCgroups.create(self._cgroup_name)
+            if self._cgroups is not None:
+                weakref.finalize(self, self._cgroups.remove_all)
+        return self._cgroups
 
     def _on_session_end(self, session: _Session) -> None:
         if self._cgroups is not None:
@@ -207,29 +222,43 @@ class _PidsCgroups:
         return directory / "cgroup.procs"
 
     def remove(self, session_id: str) -> None:
-        directory = self.base / session_id
-        if directory.exists():
-            _kill_cgroup(directory)
-            with contextlib.suppress(OSError):
-                directory.rmdir()
+        _remove_cgroup(self.base / session_id)
 
     def remove_all(self) -> None:
         if not self.base.exists():
             return
         for directory in self.base.iterdir():
             if directory.is_dir():
-                _kill_cgroup(directory)
-                with contextlib.suppress(OSError):
-                    directory.rmdir()
+                _remove_cgroup(directory)
         with contextlib.suppress(OSError):
             self.base.rmdir()
 
 
-def _kill_cgroup(directory: Path) -> None:
-    with contextlib.suppress(OSError, ValueError):
-        for line in (directory / "cgroup.procs").read_text().split():
+def _remove_cgroup(directory: Path, wait_s: float = 2.0) -> None:
+    """Kill what is left in the cgroup and remove it once the kernel has emptied it.
+
+    A killed process leaves its cgroup only when it has fully exited; removing the directory
+    right after SIGKILL fails with EBUSY and leaves an empty cgroup behind.
+    """
+    if not directory.exists():
+        return
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            pids = [int(line) for line in (directory / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            pids = []
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(line), 9)
+                os.kill(pid, 9)
+        try:
+            directory.rmdir()
+            return
+        except OSError:
+            if time.monotonic() >= deadline:
+                logger.warning("could not remove the pids cgroup %s", directory)
+                return
+            time.sleep(0.01)
 
 
 @functools.cache
