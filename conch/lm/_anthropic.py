@@ -3,35 +3,18 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Unpack
+from typing import Any
 
 import httpx
 
 from conch.errors import ConfigurationError, ModelResponseError
-from conch.lm._failures import (
-    connection_failure,
-    describe_endpoint,
-    status_failure,
-    timeout_failure,
-)
 from conch.lm._pricing import PriceTable
-from conch.lm._retry import AttemptFailure, RetryPolicy, call_with_retries
-from conch.lm._types import (
-    Completion,
-    CompletionOptions,
-    Message,
-    Usage,
-    check_messages,
-    check_options,
-)
-
-if TYPE_CHECKING:
-    import anthropic
+from conch.lm._retry import RetryPolicy
+from conch.lm._sdk import DEFAULT_TIMEOUT_S, SdkChatModel
+from conch.lm._types import Completion, CompletionOptions, Message, Usage
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
-DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_MAX_TOKENS = 4096
 """The Messages API requires max_tokens on every request; this is sent when none is given."""
 
@@ -50,13 +33,16 @@ def _import_anthropic() -> Any:
     return anthropic
 
 
-class AnthropicModel:
+class AnthropicModel(SdkChatModel):
     """A Claude model over the official ``anthropic`` SDK.
 
     ``base_url`` comes from the argument, else ``ANTHROPIC_BASE_URL``, else Anthropic's
     endpoint; ``api_key`` from the argument, else ``ANTHROPIC_API_KEY``. System messages
     are sent as the request's ``system`` field, joined by blank lines.
     """
+
+    _key_hint = _KEY_HINT
+    _not_a_reply = "a message ({error}). Is base_url Anthropic's Messages API?"
 
     def __init__(
         self,
@@ -73,62 +59,24 @@ class AnthropicModel:
         if not model:
             raise ConfigurationError("AnthropicModel needs a model name, e.g. 'claude-sonnet-4-5'")
         sdk = _import_anthropic()
-        self._sdk = sdk
-        self._model = model
         self.base_url = (
             base_url or os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_BASE_URL
         ).rstrip("/")
         key = api_key or os.environ.get("ANTHROPIC_API_KEY")
         if key is None:
             raise ConfigurationError(f"no API key for {self.base_url}: {_KEY_HINT}")
-        self.timeout = timeout
         self.max_tokens = max_tokens
-        self.retry = retry or RetryPolicy()
-        self.prices = prices or PriceTable()
-        self._owns_http_client = http_client is None
-        self._client: anthropic.AsyncAnthropic = sdk.AsyncAnthropic(
-            api_key=key,
+        self._connect(
+            sdk,
+            sdk.AsyncAnthropic,
+            model=model,
             base_url=self.base_url,
+            api_key=key,
             timeout=timeout,
-            max_retries=0,  # retries are ours: see RetryPolicy
+            retry=retry,
+            prices=prices,
             http_client=http_client,
         )
-        self._endpoint = describe_endpoint(self.base_url, model)
-
-    @property
-    def model(self) -> str:
-        return self._model
-
-    def __repr__(self) -> str:
-        return f"AnthropicModel({self._model!r}, base_url={self.base_url!r})"
-
-    async def complete(
-        self, messages: Sequence[Message], **options: Unpack[CompletionOptions]
-    ) -> Completion:
-        check_messages(messages)
-        check_options(options)
-        timeout = options.get("timeout", self.timeout)
-        request = self._request_body(messages, options)
-        started = time.perf_counter()
-
-        async def attempt() -> Any:
-            return await self._client.messages.create(**request, timeout=timeout)
-
-        def classify(exc: Exception) -> AttemptFailure | None:
-            return self._classify(exc, timeout)
-
-        response, attempts = await call_with_retries(attempt, classify, self.retry)
-        return self._completion(response, time.perf_counter() - started, attempts)
-
-    async def aclose(self) -> None:
-        if self._owns_http_client:
-            await self._client.close()
-
-    async def __aenter__(self) -> AnthropicModel:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     def _request_body(
         self, messages: Sequence[Message], options: CompletionOptions
@@ -159,28 +107,8 @@ class AnthropicModel:
             body["extra_body"] = extra
         return body
 
-    def _classify(self, exc: Exception, timeout: float | None) -> AttemptFailure | None:
-        sdk = self._sdk
-        if isinstance(exc, sdk.APITimeoutError):
-            return timeout_failure(self._endpoint, timeout)
-        if isinstance(exc, sdk.APIConnectionError):
-            return connection_failure(self._endpoint, exc)
-        if isinstance(exc, sdk.APIStatusError):
-            return status_failure(
-                exc.status_code,
-                _error_detail(exc),
-                exc.response.headers,
-                endpoint=self._endpoint,
-                key_hint=_KEY_HINT,
-            )
-        if isinstance(exc, sdk.APIResponseValidationError | ValueError):
-            return AttemptFailure(
-                ModelResponseError,
-                f"{self._endpoint} answered with a body that is not a message ({exc}). "
-                "Is base_url Anthropic's Messages API?",
-                retryable=False,
-            )
-        return None
+    async def _send(self, request: dict[str, Any], timeout: float | None) -> Any:
+        return await self._client.messages.create(**request, timeout=timeout)
 
     def _completion(self, response: Any, latency: float, attempts: int) -> Completion:
         blocks = getattr(response, "content", None)
@@ -223,13 +151,3 @@ def _usage(usage: Any) -> Usage:
         output_tokens=getattr(usage, "output_tokens", None) or 0,
         cached_tokens=cache_read,
     )
-
-
-def _error_detail(exc: Any) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            return inner["message"]
-    text = exc.response.text if exc.response is not None else ""
-    return text[:300] or exc.message

@@ -6,42 +6,27 @@ That covers OpenAI itself, vLLM, Ollama, llama.cpp's server, LM Studio and OpenR
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
-from typing import Any, Unpack
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import openai
 
 from conch.errors import ConfigurationError, ModelResponseError
-from conch.lm._failures import (
-    connection_failure,
-    describe_endpoint,
-    status_failure,
-    timeout_failure,
-)
 from conch.lm._pricing import PriceTable
-from conch.lm._retry import AttemptFailure, RetryPolicy, call_with_retries
-from conch.lm._types import (
-    Completion,
-    CompletionOptions,
-    Message,
-    Usage,
-    check_messages,
-    check_options,
-)
+from conch.lm._retry import RetryPolicy
+from conch.lm._sdk import DEFAULT_TIMEOUT_S, SdkChatModel
+from conch.lm._types import Completion, CompletionOptions, Message, Usage
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_TIMEOUT_S = 300.0
-"""Per attempt. Generous because a local server can take minutes to read a long prompt."""
 
 # Local servers accept any key, but the SDK refuses to start without one.
 _PLACEHOLDER_KEY = "not-needed"
 _KEY_HINT = "pass api_key=, or set CONCH_API_KEY or OPENAI_API_KEY"
 
 
-class OpenAIModel:
+class OpenAIModel(SdkChatModel):
     """An OpenAI-compatible chat model.
 
     ``base_url`` comes from the argument, else ``CONCH_BASE_URL``, else ``OPENAI_BASE_URL``,
@@ -51,6 +36,9 @@ class OpenAIModel:
     Pass ``http_client`` to share one connection pool between many models; it is then
     lent, not owned: ``aclose`` leaves it open.
     """
+
+    _key_hint = _KEY_HINT
+    _not_a_reply = "a chat completion ({error}). Is base_url an OpenAI-compatible API?"
 
     def __init__(
         self,
@@ -65,7 +53,6 @@ class OpenAIModel:
     ) -> None:
         if not model:
             raise ConfigurationError("OpenAIModel needs a model name, e.g. 'gpt-4o-mini'")
-        self._model = model
         self.base_url = (
             base_url
             or os.environ.get("CONCH_BASE_URL")
@@ -84,54 +71,17 @@ class OpenAIModel:
         # OpenAI's reasoning models reject max_tokens; llama.cpp's server ignores
         # max_completion_tokens. Each endpoint gets the name it honours.
         self._max_tokens_field = "max_completion_tokens" if is_openai else "max_tokens"
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
-        self.prices = prices or PriceTable()
-        self._owns_http_client = http_client is None
-        self._client = openai.AsyncOpenAI(
-            api_key=key,
+        self._connect(
+            openai,
+            openai.AsyncOpenAI,
+            model=model,
             base_url=self.base_url,
+            api_key=key,
             timeout=timeout,
-            max_retries=0,  # retries are ours: see RetryPolicy
+            retry=retry,
+            prices=prices,
             http_client=http_client,
         )
-        self._endpoint = describe_endpoint(self.base_url, model)
-
-    @property
-    def model(self) -> str:
-        return self._model
-
-    def __repr__(self) -> str:
-        return f"OpenAIModel({self._model!r}, base_url={self.base_url!r})"
-
-    async def complete(
-        self, messages: Sequence[Message], **options: Unpack[CompletionOptions]
-    ) -> Completion:
-        check_messages(messages)
-        check_options(options)
-        timeout = options.get("timeout", self.timeout)
-        request = self._request_body(messages, options)
-        started = time.perf_counter()
-
-        async def attempt() -> Any:
-            return await self._client.chat.completions.create(**request, timeout=timeout)
-
-        def classify(exc: Exception) -> AttemptFailure | None:
-            return self._classify(exc, timeout)
-
-        response, attempts = await call_with_retries(attempt, classify, self.retry)
-        latency = time.perf_counter() - started
-        return self._completion(response, latency, attempts)
-
-    async def aclose(self) -> None:
-        if self._owns_http_client:
-            await self._client.close()
-
-    async def __aenter__(self) -> OpenAIModel:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     def _request_body(
         self, messages: Sequence[Message], options: CompletionOptions
@@ -151,28 +101,8 @@ class OpenAIModel:
             body["extra_body"] = dict(options["extra_body"])
         return body
 
-    def _classify(self, exc: Exception, timeout: float | None) -> AttemptFailure | None:
-        # APITimeoutError is a kind of APIConnectionError: test it first.
-        if isinstance(exc, openai.APITimeoutError):
-            return timeout_failure(self._endpoint, timeout)
-        if isinstance(exc, openai.APIConnectionError):
-            return connection_failure(self._endpoint, exc)
-        if isinstance(exc, openai.APIStatusError):
-            return status_failure(
-                exc.status_code,
-                _error_detail(exc),
-                exc.response.headers,
-                endpoint=self._endpoint,
-                key_hint=_KEY_HINT,
-            )
-        if isinstance(exc, openai.APIResponseValidationError | ValueError):
-            return AttemptFailure(
-                ModelResponseError,
-                f"{self._endpoint} answered with a body that is not a chat completion "
-                f"({exc}). Is base_url an OpenAI-compatible API?",
-                retryable=False,
-            )
-        return None
+    async def _send(self, request: dict[str, Any], timeout: float | None) -> Any:
+        return await self._client.chat.completions.create(**request, timeout=timeout)
 
     def _completion(self, response: Any, latency: float, attempts: int) -> Completion:
         choices = getattr(response, "choices", None)
@@ -213,16 +143,3 @@ def _usage(usage: Any) -> Usage:
         cached_tokens=getattr(prompt_details, "cached_tokens", None) or 0,
         reasoning_tokens=getattr(completion_details, "reasoning_tokens", None) or 0,
     )
-
-
-def _error_detail(exc: openai.APIStatusError) -> str:
-    """The provider's own error message when it sent one in the usual shape."""
-    body = exc.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            return inner["message"]
-        if isinstance(inner, str):
-            return inner
-    text = exc.response.text if exc.response is not None else ""
-    return text[:300] or exc.message
