@@ -197,6 +197,14 @@ class PreparedTurn:
     leaf_is_new: bool
     plugin_state: bytes | None
 
+    def ids_to_check(self) -> list[str]:
+        """Existing nodes the turn names (its own ids, its parents, an old leaf), sorted:
+        the commit reads their rows to refuse duplicates, strangers and tombstones."""
+        ids = set(self.node_ids) | self.external_parent_ids
+        if self.leaf_id is not None and not self.leaf_is_new:
+            ids.add(self.leaf_id)
+        return sorted(ids)
+
 
 def prepare_turn(session_id: str, commit: TurnCommit) -> PreparedTurn:
     """Check a turn on its own (no database needed) and encode its nodes as rows."""

@@ -276,12 +276,9 @@ class PostgresSessionStore:
             if stored is not None:
                 return replayed_result(session_id, turn.turn_key, stored)
             check_current(lease, state, f"commit turn {turn.turn_key!r}")
-            lookup = set(turn.node_ids) | turn.external_parent_ids
-            if turn.leaf_id is not None and not turn.leaf_is_new:
-                lookup.add(turn.leaf_id)
             await cur.execute(
                 f"SELECT id, session_id, tombstoned_at FROM conch_nodes WHERE {_IDS_IN}",
-                {"ids": sorted(lookup)},
+                {"ids": turn.ids_to_check()},
             )
             check_turn(session_id, turn, await cur.fetchall())
             now = self._clock()
