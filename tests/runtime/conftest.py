@@ -8,7 +8,7 @@ each test); the PostgreSQL params are skipped, with the reason, where no server 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,23 +24,7 @@ from conch.store import (
     TurnCommit,
 )
 from conch.store import SqliteSessionStore as SqliteStore
-from conch.testing.postgres import PostgresServer, PostgresUnavailable, postgres_for_tests
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    try:
-        with postgres_for_tests() as server:
-            yield server
-    except PostgresUnavailable as exc:
-        pytest.skip(f"PostgreSQL tests skipped: {exc}")
-
-
-@pytest.fixture(scope="session")
-def postgres_database(postgres_server: PostgresServer) -> Iterator[str]:
-    dsn = postgres_server.create_database()
-    yield dsn
-    postgres_server.drop_database(dsn.rsplit("/", 1)[1])
+from conch.testing.postgres import PostgresServer
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

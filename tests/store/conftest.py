@@ -9,7 +9,7 @@ lease expiry with ``clock``, a clock the tests move by hand, so nothing waits fo
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from conch.store import (
     SessionStore,
     SqliteSessionStore,
 )
-from conch.testing.postgres import PostgresServer, PostgresUnavailable, postgres_for_tests
+from conch.testing.postgres import PostgresServer
 
 OpenStore = Callable[[], Awaitable[SessionStore]]
 
@@ -43,23 +43,6 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    try:
-        with postgres_for_tests() as server:
-            yield server
-    except PostgresUnavailable as exc:
-        pytest.skip(f"PostgreSQL tests skipped: {exc}")
-
-
-@pytest.fixture(scope="session")
-def postgres_database(postgres_server: PostgresServer) -> Iterator[str]:
-    """One database for the contract tests, emptied before each test that uses it."""
-    dsn = postgres_server.create_database()
-    yield dsn
-    postgres_server.drop_database(dsn.rsplit("/", 1)[1])
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
