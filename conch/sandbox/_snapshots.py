@@ -47,12 +47,6 @@ class Manifest:
     data: dict[str, Any]
     """The manifest as stored: ``state`` (names, env, cwd), ``files`` (tar blob), backend."""
 
-    def blob_digests(self) -> list[str]:
-        digests = [entry[3] for entry in self.data["state"]["names"]]
-        if self.data.get("files"):
-            digests.append(self.data["files"]["digest"])
-        return digests
-
 
 class BlobWriter:
     """Streams bytes into the store while hashing them; ``commit`` files them by digest."""

@@ -35,6 +35,7 @@ from conch.sandbox._connection import LaunchSpec, SpillFiles, WorkerConnection, 
 from conch.sandbox._environment import ExecutionEnvironment
 from conch.sandbox._snapshots import DEFAULT_MAX_SNAPSHOTS_PER_SESSION, SnapshotStore
 from conch.sandbox._types import (
+    Capability,
     ExecutionContext,
     ExecutionResult,
     RestoreReport,
@@ -48,6 +49,17 @@ logger = logging.getLogger("conch.sandbox")
 _SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DEFAULT_INTERRUPT_GRACE_S = 2.0
 EXIT_BLOCKED = 126
+WORKER_CAPABILITIES = frozenset(
+    {
+        Capability.PYTHON,
+        Capability.BASH,
+        Capability.PERSISTENT_STATE,
+        Capability.HOST_CALLBACKS,
+        Capability.SNAPSHOT,
+        Capability.FILESYSTEM_SNAPSHOT,
+    }
+)
+"""What the shared worker gives every backend built on it."""
 EXIT_TIMED_OUT = 124
 EXIT_KILLED = 137
 
@@ -116,7 +128,6 @@ class _Session:
     """The previous worker died or was killed: the next result says so once."""
     helpers: list[str] = field(default_factory=list)
     executions: int = 0
-    ended: bool = False
 
 
 class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
@@ -542,7 +553,6 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
             if session.connection is not None:
                 await session.connection.kill()
             _files.move_contents(staging, session.paths.work)
-            self._after_files_restored(session)
             session.connection = connection
             session.state_lost = False
             reply, _ = await connection.request(
@@ -563,9 +573,6 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
             restored=tuple(reply.get("restored", ())),
             failed=tuple(f"{name}: {why}" for name, why in reply.get("failed", ())),
         )
-
-    def _after_files_restored(self, session: _Session) -> None:
-        """Hook for backends that must adjust restored files (ownership, labels)."""
 
     def _load_verified(self, manifest) -> bytes:
         snapshot_id = manifest.snapshot.id
@@ -613,7 +620,6 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
     async def _end(self, session_id: str, *, delete_snapshots: bool) -> None:
         session = self._sessions.pop(session_id, None)
         if session is not None:
-            session.ended = True
             if session.connection is not None:
                 await session.connection.shutdown()
                 session.connection = None

@@ -33,7 +33,12 @@ from typing import Any
 from conch.errors import SandboxUnavailableError
 from conch.sandbox._connection import LaunchSpec
 from conch.sandbox._types import BackendType, Capability
-from conch.sandbox._worker_environment import ResourceLimits, WorkerEnvironment, _Session
+from conch.sandbox._worker_environment import (
+    WORKER_CAPABILITIES,
+    ResourceLimits,
+    WorkerEnvironment,
+    _Session,
+)
 from conch.sandbox.worker import WORKER_DIR
 
 logger = logging.getLogger("conch.sandbox")
@@ -56,19 +61,11 @@ _ETC_FILES = (
     "/etc/ssl/certs",
 )
 
-_CAPABILITIES = frozenset(
-    {
-        Capability.PYTHON,
-        Capability.BASH,
-        Capability.PERSISTENT_STATE,
-        Capability.HOST_CALLBACKS,
-        Capability.SNAPSHOT,
-        Capability.FILESYSTEM_SNAPSHOT,
-        Capability.PROCESS_ISOLATION,
-        Capability.FILESYSTEM_ISOLATION,
-        Capability.RESOURCE_LIMITS,
-    }
-)
+_CAPABILITIES = WORKER_CAPABILITIES | {
+    Capability.PROCESS_ISOLATION,
+    Capability.FILESYSTEM_ISOLATION,
+    Capability.RESOURCE_LIMITS,
+}
 
 DEFAULT_LIMITS = ResourceLimits(
     memory_bytes=2 << 30,

@@ -12,19 +12,8 @@ from typing import Any
 
 from conch.sandbox._connection import LaunchSpec
 from conch.sandbox._types import BackendType, Capability
-from conch.sandbox._worker_environment import WorkerEnvironment, _Session
+from conch.sandbox._worker_environment import WORKER_CAPABILITIES, WorkerEnvironment, _Session
 from conch.sandbox.worker import AGENT_PATH
-
-_CAPABILITIES = frozenset(
-    {
-        Capability.PYTHON,
-        Capability.BASH,
-        Capability.PERSISTENT_STATE,
-        Capability.HOST_CALLBACKS,
-        Capability.SNAPSHOT,
-        Capability.FILESYSTEM_SNAPSHOT,
-    }
-)
 
 
 class LocalEnvironment(WorkerEnvironment):
@@ -38,7 +27,7 @@ class LocalEnvironment(WorkerEnvironment):
         )
 
     def capabilities(self) -> frozenset[Capability]:
-        caps = set(_CAPABILITIES)
+        caps = set(WORKER_CAPABILITIES)
         if self.limits.to_worker():
             caps.add(Capability.RESOURCE_LIMITS)
         return frozenset(caps)
