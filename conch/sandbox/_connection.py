@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import fcntl
 import inspect
-import json
 import logging
 import os
 import signal
@@ -290,14 +289,19 @@ class WorkerConnection:
                 value = function(message.get("payload"))
                 if inspect.isawaitable(value):
                     value = await value
-                json.dumps(value)
                 reply["value"] = value
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 reply["error"] = f"{type(exc).__name__}: {exc}"
-        with contextlib.suppress(Exception):
+        try:
             await self._send(reply)
+        except (TypeError, ValueError) as exc:  # encoding fails before anything is written
+            reply = {"op": "ret", "id": message.get("id"), "error": f"TypeError: {exc}"}
+            with contextlib.suppress(Exception):
+                await self._send(reply)
+        except Exception:  # the worker is gone: nobody is waiting for the reply
+            pass
 
     def _fail_pending(self, error: WorkerDied) -> None:
         for future in self._pending.values():

@@ -276,6 +276,14 @@ async def test_a_payload_that_is_not_json_is_refused_in_the_sandbox(run):
     assert "JSON-serialisable" in result.stderr
 
 
+async def test_a_host_reply_that_is_not_json_is_an_error_in_the_sandbox(run):
+    code = "try:\n    host_call('odd')\nexcept HostCallError as error:\n    print(error)"
+    result = await run(code, host_functions={"odd": lambda payload: object()})
+    assert result.stdout.startswith("TypeError: ")
+    assert "not JSON serializable" in result.stdout
+    assert (await run("print('still fine')")).stdout == "still fine\n"
+
+
 async def test_twenty_sessions_run_at_once_without_cross_talk(env):
     async def one(index: int):
         session = ExecutionContext(session_id=f"par-{index}", timeout_s=60)

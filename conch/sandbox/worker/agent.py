@@ -258,10 +258,6 @@ class Worker:
             raise HostCallError("host_call is not available in a forked child process")
         if not isinstance(name, str):
             raise TypeError("host_call(name, payload): name must be a str")
-        try:
-            json.dumps(payload)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"host_call payload must be JSON-serialisable: {exc}") from None
         done = threading.Event()
         with self.call_lock:
             self.next_call_id += 1
@@ -269,7 +265,10 @@ class Worker:
             slot = [done, None, None]
             self.pending_calls[call_id] = slot
         try:
-            self.channel.send({"op": "call", "id": call_id, "name": name, "payload": payload})
+            try:  # encoding happens before any byte is written: a failure sends nothing
+                self.channel.send({"op": "call", "id": call_id, "name": name, "payload": payload})
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"host_call payload must be JSON-serialisable: {exc}") from None
             done.wait()
         finally:
             with self.call_lock:
