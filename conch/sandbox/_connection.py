@@ -18,7 +18,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from conch.errors import ProtocolError, SandboxError
 from conch.sandbox._types import HostFunction
@@ -78,9 +78,67 @@ class LaunchSpec:
     (the launched process's own status is then the keeper's, not the worker's)."""
 
 
+class WorkerProcess(Protocol):
+    """What the host controls of a running worker, whatever runs it (a child process, a
+    container, a VM): whether it has ended, waiting for that, and a hard stop."""
+
+    @property
+    def pid(self) -> int | None:
+        """The host-side process id, for logs (``None`` when there is none, e.g. a VM)."""
+
+    @property
+    def returncode(self) -> int | None:
+        """``None`` while running; the exit status once it has ended."""
+
+    async def wait(self) -> int | None: ...
+
+    def kill(self) -> None:
+        """Stop it at once, with everything it started (best effort, never raises)."""
+
+
+class ChildProcess:
+    """A worker started as a host child process, in a process group of its own."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode
+
+    async def wait(self) -> int | None:
+        return await self._process.wait()
+
+    def kill(self) -> None:
+        if self._process.returncode is not None:
+            return
+        # os.kill, not process.kill(): Popen.send_signal() polls first and would reap
+        # the child under asyncio's watcher, which then reports a bogus status of 255.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self._process.pid, signal.SIGKILL)
+
+
 class WorkerConnection:
-    def __init__(self, process: asyncio.subprocess.Process, *, keeper: bool = False) -> None:
+    """One framed channel to one worker: any byte stream pair (a child's pipes, a unix or
+    vsock socket, a container's attached stream) plus the :class:`WorkerProcess` behind it."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        process: WorkerProcess,
+        *,
+        keeper: bool = False,
+    ) -> None:
         self.process = process
+        self._reader = reader
+        self._writer = writer
         self._keeper = keeper
         self.pid: int | None = None  # the worker's pid as the worker sees it
         self._next_id = 0
@@ -98,6 +156,7 @@ class WorkerConnection:
 
     @classmethod
     async def start(cls, spec: LaunchSpec) -> WorkerConnection:
+        """Start the worker as a child process and speak to it over its stdin and stdout."""
         log = open(spec.log_path, "ab") if spec.log_path else None  # noqa: SIM115
         try:
             process = await asyncio.create_subprocess_exec(
@@ -117,12 +176,37 @@ class WorkerConnection:
             if log is not None:
                 log.close()
         _widen_pipes(process)
-        connection = cls(process, keeper=spec.keeper)
+        assert process.stdin is not None and process.stdout is not None
+        return await cls.attach(
+            process.stdout,
+            process.stdin,
+            ChildProcess(process),
+            keeper=spec.keeper,
+            log_path=spec.log_path,
+        )
+
+    @classmethod
+    async def attach(
+        cls,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        process: WorkerProcess,
+        *,
+        keeper: bool = False,
+        log_path: Path | None = None,
+        start_timeout_s: float = _START_TIMEOUT_S,
+    ) -> WorkerConnection:
+        """Speak to a worker that is already running, once it says hello on the stream.
+
+        Backends whose worker is not a plain child (a container, a VM, a restored
+        checkpoint) connect the stream themselves and hand it over here. If no hello comes,
+        the worker is killed and the error quotes the tail of its log."""
+        connection = cls(reader, writer, process, keeper=keeper)
         try:
-            hello = await asyncio.wait_for(asyncio.shield(connection._hello), _START_TIMEOUT_S)
+            hello = await asyncio.wait_for(asyncio.shield(connection._hello), start_timeout_s)
         except (TimeoutError, WorkerDied, ProtocolError) as exc:
             await connection.kill()
-            detail = _tail(spec.log_path)
+            detail = _tail(log_path)
             raise SandboxError(
                 f"the sandbox worker did not start: {exc}."
                 + (f" Its log says: {detail}" if detail else "")
@@ -135,18 +219,13 @@ class WorkerConnection:
         return self.death is None and self.process.returncode is None
 
     async def kill(self) -> None:
-        """Kill the worker's whole process group and wait for the reader to finish."""
+        """Kill the worker (with everything it started) and wait for the reader to finish."""
         if self.process.returncode is None:
-            # os.kill, not process.kill(): Popen.send_signal() polls first and would reap
-            # the child under asyncio's watcher, which then reports a bogus status of 255.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(self.process.pid, signal.SIGKILL)
+            self.process.kill()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.process.wait(), 10)
-        if self.process.stdin is not None:
-            self.process.stdin.close()
+        with contextlib.suppress(Exception):
+            self._writer.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._reader_task, 10)
         for task in list(self._callback_tasks):
@@ -208,8 +287,8 @@ class WorkerConnection:
         while it is fed to the pipe in chunks (asyncio's pipe transport copies its whole
         pending buffer on every partial write, so one huge write() is quadratic)."""
         async with self._write_lock:
-            stdin = self.process.stdin
-            if stdin is None or stdin.is_closing():
+            stdin = self._writer
+            if stdin.is_closing():
                 raise self.death or WorkerDied("the worker's channel is closed", self.exit_code)
             stdin.write(protocol.encode_header(message, len(body)))
             if len(body) <= _WRITE_CHUNK:
@@ -224,8 +303,7 @@ class WorkerConnection:
     # --- reading ------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        stdout = self.process.stdout
-        assert stdout is not None
+        stdout = self._reader
         reason = "the worker exited"
         try:
             while True:
@@ -242,8 +320,7 @@ class WorkerConnection:
         except protocol.FrameError as exc:
             reason = f"the worker sent a garbled frame ({exc})"
             logger.warning("conch worker %s: %s", self.process.pid, reason)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.kill()
         except asyncio.IncompleteReadError:
             reason = "the worker exited in the middle of a frame"
         except (ConnectionError, OSError) as exc:

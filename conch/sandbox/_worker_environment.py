@@ -163,9 +163,16 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
 
     # --- what a backend provides -----------------------------------------------------
 
-    @abc.abstractmethod
     def _launch_spec(self, session: _Session, worker_config: dict[str, Any]) -> LaunchSpec:
-        """The command that starts this session's worker inside the backend's boundary."""
+        """The command that starts this session's worker inside the backend's boundary.
+
+        A backend whose worker is a host child process overrides this; one that starts it
+        some other way (a container, a VM) overrides :meth:`_connect` instead."""
+        raise NotImplementedError(f"{type(self).__name__} must override _launch_spec or _connect")
+
+    async def _connect(self, session: _Session, worker_config: dict[str, Any]) -> WorkerConnection:
+        """Start this session's worker and return the channel to it (after its hello)."""
+        return await WorkerConnection.start(self._launch_spec(session, worker_config))
 
     def default_limits(self) -> ResourceLimits:
         return ResourceLimits()
@@ -231,7 +238,7 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
             "limits": self.limits.to_worker(),
             "max_spill_bytes": self._max_spill_bytes,
         }
-        connection = await WorkerConnection.start(self._launch_spec(session, config))
+        connection = await self._connect(session, config)
         for source in session.helpers:
             await self._define(connection, source)
         return connection
