@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,37 +21,45 @@ class BackendStatus:
     isolation: str
 
 
-def _local(**options: Any) -> ExecutionEnvironment:
-    from conch.sandbox.local import LocalEnvironment
+@dataclass(frozen=True)
+class _Backend:
+    """Where a backend lives: its module (imported only when used), its environment class,
+    and the function that says whether it can run here (``() -> (works, reason)``)."""
 
-    return LocalEnvironment(**options)
+    module: str
+    environment: str
+    probe: str | None
+    isolation: str
+
+    def _attribute(self, name: str) -> Any:
+        return getattr(importlib.import_module(f"conch.sandbox.{self.module}"), name)
+
+    def status(self) -> tuple[bool, str]:
+        if self.probe is None:
+            return True, "always available; no isolation"
+        try:
+            return self._attribute(self.probe)()
+        except ImportError as exc:  # an optional dependency (an SDK) is not installed
+            return False, f"a package it needs is not installed: {exc}"
+
+    def create(self, name: str, **options: Any) -> ExecutionEnvironment:
+        works, reason = self.status()
+        if not works:
+            raise SandboxUnavailableError(f"the {name} backend cannot run here: {reason}")
+        return self._attribute(self.environment)(**options)
 
 
-def _bwrap(**options: Any) -> ExecutionEnvironment:
-    from conch.sandbox.bwrap import BubblewrapEnvironment, bwrap_works
-
-    works, reason = bwrap_works()
-    if not works:
-        raise SandboxUnavailableError(f"the bwrap backend cannot run here: {reason}")
-    return BubblewrapEnvironment(**options)
-
-
-def _local_status() -> tuple[bool, str]:
-    return True, "always available; no isolation"
-
-
-def _bwrap_status() -> tuple[bool, str]:
-    from conch.sandbox.bwrap import bwrap_works
-
-    return bwrap_works()
-
-
-_BACKENDS: dict[
-    str, tuple[Callable[..., ExecutionEnvironment], Callable[[], tuple[bool, str]], str]
-] = {
-    "local": (_local, _local_status, "none: code runs as the host user"),
-    "bwrap": (_bwrap, _bwrap_status, "namespaces, no capabilities, read-only system, no network"),
+# Every backend conch knows, as `conch sandbox list` shows them.
+_BACKENDS: dict[str, _Backend] = {
+    "bwrap": _Backend(
+        "bwrap",
+        "BubblewrapEnvironment",
+        "bwrap_works",
+        "namespaces, no capabilities, read-only system, no network",
+    ),
+    "local": _Backend("local", "LocalEnvironment", None, "none: code runs as the host user"),
 }
+# best_available() considers only backends that need no configuration, strongest first.
 _PREFERENCE = ("bwrap", "local")
 
 
@@ -62,9 +70,9 @@ def backend_names() -> list[str]:
 def backend_statuses() -> list[BackendStatus]:
     """Every backend conch knows, whether it works on this machine, and why not."""
     statuses = []
-    for name, (_, status, isolation) in _BACKENDS.items():
-        available, reason = status()
-        statuses.append(BackendStatus(name, available, reason, isolation))
+    for name, backend in _BACKENDS.items():
+        available, reason = backend.status()
+        statuses.append(BackendStatus(name, available, reason, backend.isolation))
     return statuses
 
 
@@ -77,21 +85,23 @@ def create(backend: str, **options: Any) -> ExecutionEnvironment:
         raise ConfigurationError(
             f"unknown sandbox backend {backend!r}: choose one of {', '.join(_BACKENDS)} or 'best'"
         )
-    return entry[0](**options)
+    return entry.create(backend, **options)
 
 
 def best_available(**options: Any) -> ExecutionEnvironment:
-    """The most isolated backend that really works here (bwrap, else local with a warning)."""
+    """The most isolated backend that really works here; ``local`` (with a warning) last."""
+    reasons = []
     for name in _PREFERENCE:
-        factory, status, _ = _BACKENDS[name]
-        available, _ = status()
+        backend = _BACKENDS[name]
+        available, reason = backend.status()
         if not available:
+            reasons.append(f"{name}: {reason}")
             continue
         if name == "local":
             logger.warning(
-                "no isolating sandbox works here (bwrap: %s); using 'local', which runs "
+                "no isolating sandbox works here (%s); using 'local', which runs "
                 "model-written code with your user's rights and network",
-                _bwrap_status()[1],
+                "; ".join(reasons),
             )
-        return factory(**options)
+        return backend.create(name, **options)
     raise SandboxUnavailableError("no sandbox backend is available")  # local always is
