@@ -34,6 +34,7 @@ from typing import BinaryIO, Literal
 
 import httpx
 
+from conch._home import conch_home
 from conch.errors import ConfigurationError, ModelUnavailableError
 
 DEFAULT_LOCAL_MODEL = "qwen2.5-coder-1.5b"
@@ -117,12 +118,6 @@ CATALOG: dict[str, CatalogEntry] = {
 
 
 # --- where things live -------------------------------------------------------------------
-
-
-def conch_home() -> Path:
-    """``$CONCH_HOME``, else ``~/.cache/conch``."""
-    configured = os.environ.get("CONCH_HOME")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "conch"
 
 
 def models_dir() -> Path:

@@ -16,16 +16,21 @@ them. One ``Budget`` ledger covers the whole call tree; a run ends with a
 """
 
 from conch.rlm._budget import Budget, BudgetExhausted, BudgetLedger, TerminationReason
-from conch.rlm._context import ContextInfo
+from conch.rlm._context import ContextInfo, check_context
 from conch.rlm._result import RLMResult
 from conch.rlm._rlm import RLM
+from conch.rlm._turn import CellReview, RunHooks, TurnSetup
 
 __all__ = [
     "RLM",
     "Budget",
     "BudgetExhausted",
     "BudgetLedger",
+    "CellReview",
     "ContextInfo",
     "RLMResult",
+    "RunHooks",
     "TerminationReason",
+    "TurnSetup",
+    "check_context",
 ]

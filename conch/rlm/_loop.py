@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from conch.errors import ModelError
@@ -36,6 +36,7 @@ from conch.rlm._parsing import (
 )
 from conch.rlm._result import RLMResult
 from conch.rlm._trajectory import Trajectory, preview, usage_dict
+from conch.rlm._turn import RunHooks, TurnSetup
 from conch.sandbox import ExecutionContext, ExecutionEnvironment, ExecutionResult
 from conch.trace import new_trace_id
 from conch.validate import ValidationEvent, ValidationGate
@@ -70,6 +71,15 @@ class RunSettings:
     keep_session: bool
 
 
+def system_prompt_for(settings: RunSettings, *, can_recurse: bool) -> str:
+    """The default system prompt of a run with these settings."""
+    return _prompts.system_prompt(
+        max_output_chars=settings.max_output_chars,
+        can_recurse=can_recurse,
+        tool_lines=describe_tools(settings.tools),
+    )
+
+
 @dataclass
 class _Final:
     answer: str
@@ -87,19 +97,23 @@ class Run:
         run_id: str,
         depth: int = 0,
         model: LanguageModel | None = None,
+        turn: TurnSetup | None = None,
     ) -> None:
         self.settings = settings
         self.env = env
         self.ledger = ledger
         self.trajectory = trajectory
         self.run_id = run_id
-        self.session_id = f"rlm-{run_id}"
+        self.turn = turn
+        self.session_id = turn.session_id if turn is not None else f"rlm-{run_id}"
+        self.hooks = turn.hooks if turn is not None and turn.hooks is not None else RunHooks()
         self.depth = depth
         self.model = model or settings.model
         self.iterations = 0
         self.final: _Final | None = None
         self.error: str | None = None
         self.messages: list[Message] = []
+        self.context_description: str | None = None
         self._host_functions = host_functions(
             llm_query=self._llm_query,
             rlm_query=self._rlm_query,
@@ -173,47 +187,52 @@ class Run:
             max_depth_reached=self.ledger.deepest,
             cost_known=self.ledger.cost_known,
             error=self.error,
+            context_description=self.context_description,
         )
 
     async def _end_session(self) -> None:
         if self.settings.gate is not None:
             self.settings.gate.reset(self.session_id)
-        if not self.settings.keep_session:
+        if not self.settings.keep_session and self.turn is None:
             # Shielded: a cancelled run still releases its worker.
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.env.end_session(self.session_id))
 
     async def _run(self, context: Context, query: str) -> TerminationReason:
-        info = await load_context(self.env, self.session_id, context)
+        turn = self.turn
+        if turn is not None and context is None and turn.context_description is not None:
+            description = turn.context_description  # loaded by an earlier turn
+        else:
+            description = (await load_context(self.env, self.session_id, context)).describe()
+        self.context_description = description
         await self.env.define_helpers(
             self.session_id, HELPER_SOURCE + tool_source(self.settings.tools)
         )
         settings = self.settings
         messages = self.messages
-        messages += [
-            {
-                "role": "system",
-                "content": _prompts.system_prompt(
-                    max_output_chars=settings.max_output_chars,
-                    can_recurse=self.can_recurse,
-                    tool_lines=describe_tools(settings.tools),
-                ),
-            },
+        system = turn.system_prompt if turn is not None else None
+        if system is None:
+            system = system_prompt_for(settings, can_recurse=self.can_recurse)
+        messages.append({"role": "system", "content": system})
+        if turn is not None:
+            messages.extend(dict(message) for message in turn.history)
+        messages.append(
             {
                 "role": "user",
                 "content": _prompts.first_message(
                     query=query,
-                    context_description=info.describe(),
+                    context_description=description,
                     max_iterations=settings.max_iterations,
                 ),
-            },
-        ]
+            }
+        )
         failures_in_a_row = 0
         for iteration in range(1, settings.max_iterations + 1):
             self.ledger.check()
-            completion = await self._complete(self.model, messages, stop=True)
+            request = await self.hooks.on_model_request(list(messages))
+            completion = await self._complete(self.model, request, stop=True)
             self.iterations = iteration
-            reply = cut_at_fake_output(completion.text)
+            reply = cut_at_fake_output(await self.hooks.on_model_reply(completion.text))
             self.trajectory.model_call(iteration, messages, completion, reply)
             messages.append({"role": "assistant", "content": reply or "(empty reply)"})
 
@@ -259,6 +278,20 @@ class Run:
         outputs: list[str] = []
         failed = 0
         for index, block in enumerate(blocks, start=1):
+            review = await self.hooks.on_code_cell(block.code)
+            if review.code is None:
+                refusal = f"Not run: {review.reason or 'refused by the host'}"
+                outputs.append(_prompts.cell_output(index, len(blocks), refusal))
+                self.trajectory.code_cell(
+                    iteration, index, block.code, blocked=True, output=refusal
+                )
+                failed += 1
+                continue
+            # A rewritten cell's record keeps what the model wrote beside what ran.
+            rewrite: dict[str, str] = {}
+            if review.code != block.code:
+                rewrite = {"original_code": block.code, "rewrite_reason": review.reason}
+                block = replace(block, code=review.code)
             gate = self.settings.gate
             if gate is not None:
                 outcome = await gate.check(block.code, "code", session_id=self.session_id)
@@ -276,7 +309,7 @@ class Run:
                     feedback = outcome.feedback or "Not run: blocked by validation."
                     outputs.append(_prompts.cell_output(index, len(blocks), feedback))
                     self.trajectory.code_cell(
-                        iteration, index, block.code, blocked=True, output=feedback
+                        iteration, index, block.code, blocked=True, output=feedback, **rewrite
                     )
                     failed += 1
                     if outcome.ends_turn:
@@ -286,7 +319,7 @@ class Run:
             result = await self._execute(block.code, self._host_functions)
             if self.final is None and "answer" in block.code and result.ok:
                 await self._execute(ANSWER_CHECK, self._answer_check_functions)
-            shown = self._format_output(result)
+            shown = await self.hooks.on_cell_output(self._format_output(result))
             outputs.append(_prompts.cell_output(index, len(blocks), shown))
             self.trajectory.code_cell(
                 iteration,
@@ -297,6 +330,7 @@ class Run:
                 timed_out=result.timed_out,
                 duration_ms=result.duration_ms,
                 state_lost=result.state_lost,
+                **rewrite,
             )
             if not result.ok:
                 failed += 1
@@ -353,6 +387,7 @@ class Run:
         if stop:
             options["stop"] = list(STOP_SEQUENCES)
         time_left = self.ledger.time_left()
+        self.trajectory.model_request(model.model, messages, options)
         try:
             async with asyncio.timeout(None if math.isinf(time_left) else max(time_left, 0)):
                 completion = await model.complete(messages, **options)
@@ -360,6 +395,7 @@ class Run:
             self.ledger.check()
             raise
         self.ledger.charge(completion)
+        self.trajectory.model_reply(completion)
         return completion
 
     async def _execute(self, code: str, functions: Mapping[str, Any]) -> ExecutionResult:

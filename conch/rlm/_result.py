@@ -35,6 +35,8 @@ class RLMResult:
     """False when some model had no price: ``cost_usd`` then undercounts."""
     error: str | None = None
     """Why the run ended early, for people (the model or budget message)."""
+    context_description: str | None = None
+    """The context as the model was shown it (its metadata and preview)."""
 
     @property
     def answered(self) -> bool:

@@ -15,12 +15,13 @@ from conch.lm._types import check_options
 from conch.rlm._budget import Budget, BudgetLedger
 from conch.rlm._context import Context, check_context
 from conch.rlm._helpers import DEFAULT_BATCH_CONCURRENCY, check_tools
-from conch.rlm._loop import Run, RunSettings
+from conch.rlm._loop import Run, RunSettings, system_prompt_for
 from conch.rlm._result import RLMResult
 from conch.rlm._trajectory import Trajectory
+from conch.rlm._turn import TurnSetup
 from conch.sandbox import ExecutionEnvironment, Validator
 from conch.sandbox import create as create_sandbox
-from conch.trace import JsonlTraceSink, TraceContext, TraceSink, new_trace_id
+from conch.trace import JsonlTraceSink, MultiSink, TraceContext, TraceSink, new_trace_id
 from conch.validate import EscalationCallback, ValidationGate
 
 DEFAULT_MAX_OUTPUT_CHARS = 20_000
@@ -145,6 +146,56 @@ class RLM:
         if trace_path is None:
             return result
         return _with_trace_path(result, trace_path)
+
+    async def arun_turn(self, context: Context, query: str, setup: TurnSetup) -> RLMResult:
+        """One turn of a session that outlives it (what ``conch.runtime.Runtime`` calls).
+
+        Like ``acompletion``, but in the sandbox session ``setup.session_id`` (kept when the
+        turn ends, REPL variables and all), after ``setup.history``, with the setup's system
+        prompt, hooks, extra tools and limits. ``context=None`` with a
+        ``setup.context_description`` continues with the context already in the REPL.
+        """
+        if not isinstance(setup, TurnSetup):
+            raise ConfigurationError(f"arun_turn needs a TurnSetup, got {type(setup).__name__}")
+        if not isinstance(query, str) or not query.strip():
+            raise ConfigurationError("the query is empty; ask a question about the context")
+        check_context(context)
+        settings = self._settings
+        if setup.extra_tools:
+            tools = {**settings.tools, **setup.extra_tools}
+            check_tools(tools)
+            settings = replace(settings, tools=tools)
+        if setup.max_iterations is not None:
+            settings = replace(settings, max_iterations=setup.max_iterations)
+        trace_context = setup.trace_context or TraceContext(session_id=setup.session_id)
+        own_sink, trace_path, owns_sink = self._open_trace()
+        sinks = [s for s in (setup.trace_sink, own_sink) if s is not None]
+        sink = sinks[0] if len(sinks) == 1 else MultiSink(sinks) if sinks else None
+        try:
+            run = Run(
+                settings,
+                self._environment(),
+                BudgetLedger(setup.budget or self.budget),
+                Trajectory(sink, trace_context, setup.trace_level),
+                run_id=trace_context.run_id,
+                turn=setup,
+            )
+            result = await run.execute(context, query)
+        finally:
+            if owns_sink and own_sink is not None:
+                own_sink.close()
+        return result if trace_path is None else _with_trace_path(result, trace_path)
+
+    @property
+    def max_depth(self) -> int:
+        return self._settings.max_depth
+
+    def system_prompt(self, *, extra_tools: Mapping[str, Callable[..., Any]] | None = None) -> str:
+        """The default system prompt of this RLM's root runs (with ``extra_tools`` listed)."""
+        settings = self._settings
+        if extra_tools:
+            settings = replace(settings, tools={**settings.tools, **extra_tools})
+        return system_prompt_for(settings, can_recurse=settings.max_depth > 0)
 
     def completion(self, context: Context, query: str) -> RLMResult:
         """``acompletion`` for code without an event loop (not callable from inside one)."""

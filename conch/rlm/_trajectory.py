@@ -14,25 +14,36 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from conch.lm import Completion, Message, Usage
-from conch.trace import RecordType, TraceContext, TraceRecord, TraceSink
+from conch.trace import RecordType, TraceContext, TraceLevel, TraceRecord, TraceSink
 
 _PREVIEW = 500
 
 
 class Trajectory:
-    """Emits one run's records to a sink (or nowhere when the sink is None)."""
+    """Emits one run's records to a sink (or nowhere when the sink is None), at ``level``."""
 
-    def __init__(self, sink: TraceSink | None, context: TraceContext) -> None:
+    def __init__(
+        self,
+        sink: TraceSink | None,
+        context: TraceContext,
+        level: TraceLevel = TraceLevel.STANDARD,
+    ) -> None:
         self.sink = sink
         self.context = context
+        self.level = level
         self._logged_messages = 0
 
     def child(self, run_id: str, session_id: str) -> Trajectory:
-        return Trajectory(self.sink, self.context.child(run_id=run_id, session_id=session_id))
+        context = self.context.child(run_id=run_id, session_id=session_id)
+        return Trajectory(self.sink, context, self.level)
 
     def _emit(self, record_type: str, data: Mapping[str, Any]) -> None:
-        if self.sink is not None:
+        if self.sink is not None and self.level.allows(record_type):
             self.sink.emit(TraceRecord.create(record_type, self.context, data))
+
+    @property
+    def extended(self) -> bool:
+        return self.sink is not None and self.level is TraceLevel.EXTENDED
 
     def run_start(self, **data: Any) -> None:
         self._emit(RecordType.RUN_START, data)
@@ -65,6 +76,30 @@ class Trajectory:
             },
         )
 
+    def model_request(
+        self, model: str, messages: Sequence[Message], options: Mapping[str, Any]
+    ) -> None:
+        """Extended level: every request exactly as it goes to the client."""
+        if self.extended:
+            self._emit(
+                RecordType.MODEL_REQUEST,
+                {"model": model, "messages": [dict(m) for m in messages], "options": options},
+            )
+
+    def model_reply(self, completion: Completion) -> None:
+        """Extended level: the reply, with the provider's own response where it has one."""
+        if self.extended:
+            self._emit(
+                RecordType.MODEL_REPLY,
+                {
+                    "model": completion.model,
+                    "text": completion.text,
+                    "finish_reason": completion.finish_reason,
+                    "usage": _usage(completion.usage),
+                    "raw": _raw(completion.raw),
+                },
+            )
+
     def code_cell(self, iteration: int, index: int, code: str, **data: Any) -> None:
         self._emit(
             RecordType.CODE_CELL, {"iteration": iteration, "index": index, "code": code, **data}
@@ -84,6 +119,19 @@ class Trajectory:
 
     def run_end(self, **data: Any) -> None:
         self._emit(RecordType.RUN_END, data)
+
+
+def _raw(response: Any) -> Any:
+    """A provider response as JSON data (SDK objects have ``model_dump``), else its repr."""
+    if response is None or isinstance(response, dict | list | str | int | float | bool):
+        return response
+    dump = getattr(response, "model_dump", None)
+    if callable(dump):
+        try:
+            return dump(mode="json")
+        except Exception:  # a half-built SDK object: its repr still tells the story
+            pass
+    return repr(response)
 
 
 def preview(text: str, limit: int = _PREVIEW) -> str:

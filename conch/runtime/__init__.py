@@ -7,6 +7,11 @@ store factory, the attachment store, the prompt layer, tracing and the
 ``SessionStore`` according to the residency; ``park_graph`` reduces it to a
 ``ParkedSession`` handle (id, store, policy) and ``resume_graph`` loads it back.
 
+``Runtime`` is one session open for writing: ``turn()`` runs an RLM turn in the session's
+sandbox session and commits it atomically with the plugins' state; a REPL snapshot on each
+turn's last node lets ``rewind()`` and a later ``open``/``resume`` restore the variables of
+any point. ``park()`` leaves only a ``ParkedSession`` handle.
+
 The system prompt is a ``PromptLayer`` of ``PromptContribution``s in the slots of a
 ``PromptTemplate``, stacked environment -> session -> turn. Plugins (``Plugin``,
 ``PluginHost``, one ``PluginSession`` per session) hook into turns, model calls and code
@@ -44,6 +49,15 @@ from conch.runtime._prompt import (
     PromptSlot,
     PromptTemplate,
 )
+from conch.runtime._runtime import (
+    ReplRestore,
+    Runtime,
+    RuntimePolicy,
+    SnapshotPolicy,
+    TurnResult,
+    default_owner,
+    sandbox_session_id,
+)
 from conch.runtime._termination import TerminationPolicy
 
 __all__ = [
@@ -66,16 +80,23 @@ __all__ = [
     "PromptLayer",
     "PromptSlot",
     "PromptTemplate",
+    "ReplRestore",
     "Residency",
+    "Runtime",
     "RuntimeEnvironment",
     "RuntimeEnvironmentBuilder",
+    "RuntimePolicy",
     "SessionGraph",
     "SessionParkedError",
+    "SnapshotPolicy",
     "TaskState",
     "TaskStatus",
     "TerminationPolicy",
     "TurnInfo",
     "TurnOutcome",
+    "TurnResult",
+    "default_owner",
     "park_graph",
     "resume_graph",
+    "sandbox_session_id",
 ]

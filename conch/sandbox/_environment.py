@@ -85,6 +85,13 @@ class ExecutionEnvironment(abc.ABC):
         """Release the session's worker, directory and snapshots. A no-op for unknown ids."""
         return None
 
+    async def suspend_session(self, session_id: str) -> None:
+        """Release the session's worker and directory but keep its snapshots: what a
+        host does with an idle session it will continue later from a snapshot (the next
+        use of the id starts a fresh interpreter). A no-op for unknown ids; backends that
+        cannot release part of a session keep it running."""
+        return None
+
     async def __aenter__(self) -> ExecutionEnvironment:
         return self
 

@@ -624,6 +624,9 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
     async def end_session(self, session_id: str) -> None:
         await self._end(session_id, delete_snapshots=True)
 
+    async def suspend_session(self, session_id: str) -> None:
+        await self._end(session_id, delete_snapshots=False)
+
     async def _end(self, session_id: str, *, delete_snapshots: bool) -> None:
         session = self._sessions.pop(session_id, None)
         if session is not None:

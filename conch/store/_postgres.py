@@ -350,6 +350,13 @@ class PostgresSessionStore:
                 await self._raise_missing_node(cur, session_id, node_id, row)
         return node_from_row(row)
 
+    async def get_turn(self, session_id: str, turn_key: str) -> CommitResult | None:
+        check_id(turn_key, "turn_key")
+        async with self._txn("read a turn") as cur:
+            await cur.execute(_q(sql.SELECT_TURN), {"session": session_id, "turn_key": turn_key})
+            row = await cur.fetchone()
+        return None if row is None else replayed_result(session_id, turn_key, row)
+
     async def nearest_snapshot(self, session_id: str, node_id: str | None = None) -> Node | None:
         async with self._txn("find the nearest snapshot") as cur:
             await cur.execute(

@@ -86,6 +86,11 @@ class SessionStore(Protocol):
         ``NodeNotFoundError`` saying which."""
         ...
 
+    async def get_turn(self, session_id: str, turn_key: str) -> CommitResult | None:
+        """What committing ``turn_key`` stored (``replayed=True``), or None if it never was:
+        lets a writer retrying a turn skip the work the first attempt already committed."""
+        ...
+
     async def nearest_snapshot(self, session_id: str, node_id: str | None = None) -> Node | None:
         """The closest node at or above ``node_id`` (default: the leaf) that carries a
         snapshot id, or None when no node on that path has one."""

@@ -339,6 +339,17 @@ class SqliteSessionStore:
 
         return await self._run("read a node", get)
 
+    async def get_turn(self, session_id: str, turn_key: str) -> CommitResult | None:
+        check_id(turn_key, "turn_key")
+
+        def get() -> CommitResult | None:
+            row = self._conn.execute(
+                sql.SELECT_TURN, {"session": session_id, "turn_key": turn_key}
+            ).fetchone()
+            return None if row is None else replayed_result(session_id, turn_key, row)
+
+        return await self._run("read a turn", get)
+
     async def nearest_snapshot(self, session_id: str, node_id: str | None = None) -> Node | None:
         def nearest() -> Node | None:
             rows = self._conn.execute(

@@ -212,6 +212,17 @@ async def test_end_session_deletes_its_snapshots_and_their_data(env, run, ctx):
     assert _blob_files(env) == []
 
 
+async def test_suspend_session_frees_the_worker_and_keeps_its_snapshots(env, run, ctx):
+    await run("kept = [1, 2, 3]")
+    snapshot = await env.create_snapshot(ctx.session_id, "a")
+    await env.suspend_session(ctx.session_id)
+
+    assert (await run("'kept' in globals()")).stdout == "False\n"  # a fresh interpreter
+    assert [s.id for s in await env.list_snapshots(ctx.session_id)] == [snapshot.id]
+    await env.restore_snapshot(snapshot)
+    assert (await run("kept")).stdout == "[1, 2, 3]\n"
+
+
 async def test_snapshots_survive_a_new_environment_on_the_same_root(make_env, tmp_path):
     first = await make_env(root=tmp_path / "durable")
     await first.execute_code("remembered = 'across processes'", ExecutionContext("keep"))

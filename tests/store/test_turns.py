@@ -121,6 +121,19 @@ async def test_committing_a_turn_key_again_returns_the_stored_result_and_writes_
     assert (await store.get_session(session)).plugin_state == b"one"
 
 
+async def test_get_turn_tells_whether_a_turn_key_was_committed(
+    store: SessionStore, session: str, lease
+) -> None:
+    assert await store.get_turn(session, "t1") is None
+    first = await store.commit_turn(lease, TurnCommit("t1", chain(session, None, "user_input")))
+
+    stored = await store.get_turn(session, "t1")
+
+    assert stored is not None and stored.replayed
+    assert (stored.leaf_node_id, stored.node_ids) == (first.leaf_node_id, first.node_ids)
+    assert await store.get_turn("another-session", "t1") is None
+
+
 async def test_the_same_turn_committed_concurrently_is_stored_once(
     open_store: OpenStore, store: SessionStore, session: str, lease
 ) -> None:
