@@ -7,9 +7,12 @@ The answer goes to stdout (``--json``: the whole result object); a live progress
 
 from __future__ import annotations
 
+import asyncio
+import getpass
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -21,7 +24,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from conch.errors import ConfigurationError, ModelError, SandboxUnavailableError
+from conch.errors import ConfigurationError, ModelError, SandboxUnavailableError, StoreError
 from conch.trace import JsonlTraceSink, MultiSink, RecordType, TraceRecord, TraceSink
 
 EXIT_ANSWERED = 0
@@ -71,6 +74,20 @@ def run_command(
             "--strictness", help="With --thesaurus: permissive, normal (default) or strict."
         ),
     ] = None,
+    session: Annotated[
+        str | None,
+        typer.Option(
+            "--session",
+            help="Continue (or start) this durable session: its REPL variables, context and "
+            "earlier answers carry over (see conch session).",
+        ),
+    ] = None,
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            "--store", help="With --session: the SQLite session store file.", envvar="CONCH_STORE"
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Answer QUERY about a context by letting a model write code against it in a sandbox."""
@@ -98,22 +115,45 @@ def run_command(
         sink: TraceSink = progress
         if trace is not None:
             sink = MultiSink([JsonlTraceSink(trace), progress])
-        rlm = RLM(
-            root_model,
-            child_model,
-            sandbox=sandbox,
-            max_depth=max_depth,
-            max_iterations=max_iterations,
-            budget=Budget(max_cost_usd=max_cost),
-            trace=sink,
-            validator=validator,
-            # Asks on the terminal after repeated blocks; rejects when stdin is not a terminal.
-            escalate=terminal_escalation if validator is not None else None,
-        )
-        with progress.live():
-            result = rlm.completion(context_value, query)
+        # Asks on the terminal after repeated blocks; rejects when stdin is not a terminal.
+        escalate = terminal_escalation if validator is not None else None
+        if store is not None and session is None:
+            raise ConfigurationError("--store needs --session NAME: the session to continue")
+        if session is not None:
+            with progress.live():
+                result = asyncio.run(
+                    session_turn(
+                        session,
+                        store or default_store_path(),
+                        query,
+                        context_value,
+                        root_model,
+                        child_model,
+                        sandbox=sandbox,
+                        max_depth=max_depth,
+                        max_iterations=max_iterations,
+                        max_cost=max_cost,
+                        sink=sink,
+                        validator=validator,
+                        escalate=escalate,
+                    )
+                )
+        else:
+            rlm = RLM(
+                root_model,
+                child_model,
+                sandbox=sandbox,
+                max_depth=max_depth,
+                max_iterations=max_iterations,
+                budget=Budget(max_cost_usd=max_cost),
+                trace=sink,
+                validator=validator,
+                escalate=escalate,
+            )
+            with progress.live():
+                result = rlm.completion(context_value, query)
         sink.close()
-    except (ConfigurationError, SandboxUnavailableError) as error:
+    except (ConfigurationError, SandboxUnavailableError, StoreError) as error:
         _fail(errors, str(error), EXIT_BAD_INPUT)
     except ModelError as error:
         _fail(errors, str(error), EXIT_MODEL_ERROR)
@@ -126,6 +166,10 @@ def run_command(
     payload = result.to_dict()
     if trace is not None:
         payload["trace_path"] = str(trace)
+    if session is not None:
+        errors.print(
+            Text(f"session {session} · node {payload['node_id']}", style="dim"), soft_wrap=True
+        )
     if as_json:
         typer.echo(json.dumps(payload, ensure_ascii=False, indent=2))
     elif result.answer is not None:
@@ -138,6 +182,93 @@ def run_command(
     )
     code = EXIT_MODEL_ERROR if reason == "model_error" else EXIT_NO_ANSWER
     _fail(errors, message, code)
+
+
+def default_store_path() -> Path:
+    """Where ``--session`` keeps sessions unless ``--store`` says otherwise."""
+    from conch._home import conch_home
+
+    return conch_home() / "sessions.db"
+
+
+async def session_turn(
+    session_id: str,
+    store_path: Path,
+    query: str,
+    context: Path | None,
+    model,
+    sub_model,
+    *,
+    sandbox: str,
+    max_depth: int,
+    max_iterations: int,
+    max_cost: float | None,
+    sink: TraceSink,
+    validator,
+    escalate,
+) -> _TurnPayload:
+    """One turn of a durable session, with the session's REPL restored first."""
+    from conch.runtime import Runtime, RuntimeEnvironment, TerminationPolicy
+    from conch.store import SqliteSessionStore
+
+    environment = RuntimeEnvironment(
+        termination=TerminationPolicy(max_iterations=max_iterations, max_cost_usd=max_cost),
+        trace_sink=sink,
+    )
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    store = await SqliteSessionStore.open(store_path)
+    try:
+        async with await Runtime.open(
+            environment,
+            session_id,
+            model=model,
+            sub_model=sub_model,
+            sandbox=sandbox,
+            store=store,
+            snapshot_dir=store_path.parent / "snapshots",
+            max_depth=max_depth,
+            validator=validator,
+            escalate=escalate,
+            # One owner per user and host: a run that was killed is taken over at once by
+            # the user's next run (which fences out anything the dead one left).
+            owner=f"conch-cli:{getpass.getuser()}@{socket.gethostname()}",
+        ) as runtime:
+            turn = await runtime.turn(query, context)
+    finally:
+        await store.close()
+    return _TurnPayload(session_id, turn)
+
+
+class _TurnPayload:
+    """A session turn's result, shaped like ``RLMResult`` for the printing code."""
+
+    def __init__(self, session_id: str, turn) -> None:
+        self.turn = turn
+        self.answer = turn.answer if not turn.failed else None
+        self.termination_reason = turn.termination_reason
+        self.error = turn.error
+        self.session_id = session_id
+
+    def to_dict(self) -> dict:
+        turn = self.turn
+        return {
+            "answer": turn.answer,
+            "answered": not turn.failed,
+            "termination_reason": turn.termination_reason,
+            "session": self.session_id,
+            "node_id": turn.node_id,
+            "turn_key": turn.turn_key,
+            "snapshot_id": turn.snapshot_id,
+            "iterations": turn.iterations,
+            "usage": {
+                "input_tokens": turn.usage.input_tokens,
+                "output_tokens": turn.usage.output_tokens,
+                "total_tokens": turn.usage.total_tokens,
+            },
+            "cost_usd": turn.cost_usd,
+            "duration_s": turn.duration_s,
+            "error": turn.error,
+        }
 
 
 def _build_validator(thesaurus: Path | None, strictness: str | None):
@@ -189,6 +320,7 @@ class _Progress:
         self.tokens = 0
         self.cost = 0.0
         self.last = "starting"
+        self._root_run: str | None = None
         self._live: Live | None = None
 
     def live(self) -> Live | _SummaryOnExit:
@@ -200,12 +332,14 @@ class _Progress:
     def emit(self, record: TraceRecord) -> None:
         data = record.data
         with self._lock:
+            if self._root_run is None and record.type == RecordType.RUN_START:
+                self._root_run = record.run_id  # the first run is the root; children follow
             if record.type == RecordType.MODEL_CALL:
                 self.model_calls += 1
                 usage = data.get("usage", {})
                 self.tokens += usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
                 self.cost += data.get("cost_usd", 0.0)
-                if record.parent_id is None:
+                if record.run_id == self._root_run:
                     self.iterations = max(self.iterations, data.get("iteration", 0))
                 self.last = "model replied"
             elif record.type == RecordType.SUB_CALL:
