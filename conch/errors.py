@@ -136,3 +136,22 @@ class LeaseConflictError(StoreError):
 
 class AttachmentNotFoundError(StoreError, LookupError):
     """The attachment does not exist or belongs to another session."""
+
+
+# --- runtime --------------------------------------------------------------------------------
+
+
+class RuntimeStateError(ConchError):
+    """The runtime or session is not in a state that allows the call (closed, parked)."""
+
+
+class SessionParkedError(RuntimeStateError):
+    """The session graph was released by parking; resume the session to use it again."""
+
+
+class PluginError(ConchError):
+    """A plugin failed in a hook or broke the hook's contract (the message names it)."""
+
+
+class BackgroundTaskNotFoundError(ConchError, LookupError):
+    """The task id is unknown to the host (never started here, or forgotten)."""

@@ -15,11 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from conch.errors import ConchError, ConfigurationError
-
-
-class BackgroundTaskNotFoundError(ConchError, LookupError):
-    """The task id is unknown to the host (never started here, or forgotten)."""
+from conch.errors import BackgroundTaskNotFoundError, ConfigurationError
 
 
 class TaskState(enum.StrEnum):

@@ -11,14 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from conch.errors import ConchError, ConfigurationError, StoreError
+from conch.errors import ConfigurationError, SessionParkedError, StoreError
 from conch.runtime._environment import Residency
 from conch.store import CommitResult, Lease, Node, SessionStore
-
-
-class SessionParkedError(ConchError):
-    """The session graph was released by parking; resume the session to use it again."""
-
 
 _PathChange = tuple[int, Sequence[Node]]
 """How many nodes of the current path to keep, and the nodes to append after them."""

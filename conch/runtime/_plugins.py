@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from conch.errors import ConchError, ConfigurationError
+from conch.errors import ConfigurationError, PluginError
 from conch.runtime._prompt import PromptContribution, PromptLayer
 
 if TYPE_CHECKING:
@@ -27,10 +27,6 @@ ChatMessage = Mapping[str, Any]
 
 #: Version of the blob ``PluginSession.save_state`` writes.
 STATE_FORMAT = 1
-
-
-class PluginError(ConchError):
-    """A plugin failed in a hook or broke the hook's contract (the message names it)."""
 
 
 class CellAction(enum.StrEnum):

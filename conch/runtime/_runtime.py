@@ -37,6 +37,7 @@ from conch.errors import (
     ConchError,
     ConfigurationError,
     LeaseConflictError,
+    RuntimeStateError,
     SessionNotFoundError,
     SnapshotError,
     SnapshotLimitError,
@@ -797,7 +798,7 @@ class Runtime:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ConfigurationError(
+            raise RuntimeStateError(
                 f"the runtime of session {self.session_id!r} was closed or parked; open or "
                 "resume the session again"
             )

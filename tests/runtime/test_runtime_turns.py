@@ -17,7 +17,9 @@ from conch.errors import (
     ConfigurationError,
     LeaseConflictError,
     NodeNotFoundError,
+    RuntimeStateError,
     SessionNotFoundError,
+    StoreError,
 )
 from conch.lm import ScriptedModel
 from conch.runtime import (
@@ -204,7 +206,7 @@ async def test_park_keeps_only_a_handle_and_resume_continues(
     parked = await runtime.park()
     assert isinstance(parked, ParkedSession)
     assert (parked.session_id, parked.store) == ("chat", store)
-    with pytest.raises(ConfigurationError, match="parked"):
+    with pytest.raises(RuntimeStateError, match="parked"):
         await runtime.turn("still there?")
 
     resumed = await Runtime.resume(
@@ -457,3 +459,29 @@ async def test_a_turn_whose_lease_was_taken_over_commits_nothing(
     with pytest.raises(LeaseConflictError):
         await runtime.turn("q")
     assert await store.load_active_path("chat") == []
+
+
+async def test_a_commit_that_fails_loses_nothing_and_the_next_turn_starts_from_the_leaf(
+    open_runtime: OpenRuntime, store: SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk filling up during a commit is the store's own test (a real full file
+    system); here the store refuses one commit and the runtime must recover from it."""
+    runtime = await open_runtime(
+        [repl("x = 'kept'\nFINAL(x)"), repl("x = 'lost'\nFINAL(x)"), repl("FINAL(x)")]
+    )
+    first = await runtime.turn("one")
+    real_commit = store.commit_turn
+
+    async def disk_full(lease, commit):
+        raise StoreError("database or disk is full")
+
+    monkeypatch.setattr(store, "commit_turn", disk_full)
+    with pytest.raises(StoreError, match="disk is full"):
+        await runtime.turn("two")
+    monkeypatch.setattr(store, "commit_turn", real_commit)
+
+    assert runtime.leaf_node_id == first.node_id
+    assert [n.id for n in await store.load_active_path("chat")][-1] == first.node_id
+    third = await runtime.turn("what is x?")
+    assert third.answer == "kept"  # the uncommitted turn's REPL changes were rolled back
+    assert third.repl is not None and third.repl.snapshot_id == first.snapshot_id
