@@ -3,10 +3,17 @@
 A loopback OpenAI-compatible server (in its own process, so it does not compete with the
 clients for the GIL) answers every request after a fixed 100 ms. With 16
 sub-calls in flight the fan-out ideally takes ceil(64/16) x 100 ms = 0.40 s, and the whole
-run one root call more (0.50 s). The same workload then runs through the official ``rlms``
-package (``pip install 'conch[bench]'``) against the same server, in the same process.
+run one root call more (0.50 s). conch runs once per ``OpenAIModel`` transport: ``sdk``
+(the official SDK, the default), ``httpx`` and ``asyncio`` (the lean ones), in turn within
+each repeat so that load from other work on the machine falls on all of them alike. The
+same workload then runs through the official ``rlms`` package (``pip install
+'conch[bench]'``) against the same server, in the same process.
+
+What bounds the fan-out on a small machine is host CPU per sub-call (the event loop is one
+thread), so that is printed too: this process's CPU time over the run, per model call.
 
     python benchmarks/fanout.py [--quick] [--repeats N] [--sandbox local|bwrap|best]
+                                [--transports sdk,httpx,asyncio]
 
 Prints the figures and writes benchmarks/results/fanout.json. Not a test.
 """
@@ -19,6 +26,7 @@ import http.server
 import json
 import math
 import multiprocessing
+import os
 import platform
 import statistics
 import sys
@@ -35,6 +43,7 @@ from conch.trace import MemoryTraceSink, RecordType
 
 PROMPTS = 64
 WIDTH = 16
+TRANSPORTS = ("sdk", "httpx", "asyncio")
 LATENCY_S = 0.100
 IDEAL_FANOUT_S = math.ceil(PROMPTS / WIDTH) * LATENCY_S
 IDEAL_RUN_S = IDEAL_FANOUT_S + LATENCY_S  # one root call writes the code
@@ -87,22 +96,28 @@ class ServerProcess:
         self._process.join(10)
 
 
-async def conch_once(base_url: str, sandbox: str) -> dict:
+async def conch_once(base_url: str, sandbox: str, transport: str = "sdk") -> dict:
     sink = MemoryTraceSink()
-    model = OpenAIModel("test-model", base_url=base_url)
+    lean = {} if transport == "sdk" else {"transport": transport, "max_connections": WIDTH}
+    model = OpenAIModel("test-model", base_url=base_url, **lean)
     env = create_sandbox(sandbox)
     try:
         async with RLM(model, sandbox=env, trace=sink, batch_concurrency=WIDTH) as rlm:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             result = await rlm.acompletion(CONTEXT, QUERY)
             wall = time.perf_counter() - started
+            cpu = time.process_time() - cpu_started
     finally:
         await env.cleanup()
         await model.aclose()
     if result.answer != str(PROMPTS):
         raise RuntimeError(f"conch answered {result.answer!r} ({result.termination_reason})")
     cells = [r for r in sink.records if r.type == RecordType.CODE_CELL]
-    return {"run_s": wall, "fanout_s": cells[-1].data["duration_ms"] / 1000}
+    return {
+        "run_s": wall,
+        "fanout_s": cells[-1].data["duration_ms"] / 1000,
+        "cpu_ms_per_call": cpu * 1000 / (PROMPTS + 1),  # the sub-calls and the root call
+    }
 
 
 def peer_once(base_url: str) -> dict:
@@ -137,8 +152,17 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one measured run per system")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sandbox", default="local", help="conch backend (default: local)")
+    parser.add_argument(
+        "--transports",
+        default=",".join(TRANSPORTS),
+        help=f"OpenAIModel transports to compare (default: {','.join(TRANSPORTS)})",
+    )
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
+    transports = [t.strip() for t in args.transports.split(",") if t.strip()]
+    unknown = sorted(set(transports) - set(TRANSPORTS))
+    if unknown or not transports:
+        parser.error(f"--transports: choose from {', '.join(TRANSPORTS)}")
 
     report: dict = {
         "benchmark": "fanout",
@@ -149,15 +173,26 @@ def main() -> int:
         "ideal_run_s": IDEAL_RUN_S,
         "repeats": repeats,
         "sandbox": args.sandbox,
+        "default_transport": "sdk",
         "python": platform.python_version(),
         "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average_before": os.getloadavg(),
     }
+    samples: dict[str, list[dict]] = {t: [] for t in transports}
     with ServerProcess(LATENCY_S) as server:
-        asyncio.run(conch_once(server, args.sandbox))  # warm-up: imports, first worker
-        conch = [asyncio.run(conch_once(server, args.sandbox)) for _ in range(repeats)]
+        for transport in transports:  # warm-up: imports, first worker, connections
+            asyncio.run(conch_once(server, args.sandbox, transport))
+        for _ in range(repeats):  # interleaved, so background load falls on all alike
+            for transport in transports:
+                samples[transport].append(asyncio.run(conch_once(server, args.sandbox, transport)))
         report["conch"] = {
-            "run_s": summarise(conch, "run_s"),
-            "fanout_s": summarise(conch, "fanout_s"),
+            transport: {
+                "run_s": summarise(runs, "run_s"),
+                "fanout_s": summarise(runs, "fanout_s"),
+                "cpu_ms_per_call": summarise(runs, "cpu_ms_per_call"),
+            }
+            for transport, runs in samples.items()
         }
         try:
             with tempfile.TemporaryDirectory():
@@ -168,25 +203,31 @@ def main() -> int:
             report["rlms"] = {"unavailable": f"{type(error).__name__}: {error}"}
             if not isinstance(error, ImportError):
                 traceback.print_exc(file=sys.stderr)
+    report["load_average_after"] = os.getloadavg()
 
-    conch_run = report["conch"]["run_s"]["median"]
-    conch_fanout = report["conch"]["fanout_s"]["median"]
-    print(f"fan-out of {PROMPTS} prompts, {WIDTH} at a time, {LATENCY_S * 1000:.0f} ms each")
-    print(f"  ideal fan-out        {IDEAL_FANOUT_S:.3f} s   ideal run {IDEAL_RUN_S:.3f} s")
-    print(
-        f"  conch fan-out cell   {conch_fanout:.3f} s   {conch_fanout / IDEAL_FANOUT_S:.2f}x ideal"
-    )
-    print(f"  conch whole run      {conch_run:.3f} s   {conch_run / IDEAL_RUN_S:.2f}x ideal")
     peer = report["rlms"]
-    if "run_s" in peer:
-        peer_run = peer["run_s"]["median"]
-        print(f"  rlms whole run       {peer_run:.3f} s   {peer_run / IDEAL_RUN_S:.2f}x ideal")
-        print(f"  conch vs rlms        {peer_run / conch_run:.2f}x faster")
-        report["conch_speedup_vs_rlms"] = peer_run / conch_run
+    peer_run = peer["run_s"]["median"] if "run_s" in peer else None
+    print(f"fan-out of {PROMPTS} prompts, {WIDTH} at a time, {LATENCY_S * 1000:.0f} ms each")
+    print(f"(medians of {repeats}; load average {report['load_average_before'][0]:.1f} before)")
+    print(f"  {'ideal':<16} fan-out {IDEAL_FANOUT_S:.3f} s         run {IDEAL_RUN_S:.3f} s")
+    for transport, figures in report["conch"].items():
+        fanout = figures["fanout_s"]["median"]
+        run = figures["run_s"]["median"]
+        cpu = figures["cpu_ms_per_call"]["median"]
+        figures["fanout_vs_ideal"] = fanout / IDEAL_FANOUT_S
+        figures["run_vs_ideal"] = run / IDEAL_RUN_S
+        line = (
+            f"  {'conch ' + transport:<16} fan-out {fanout:.3f} s {fanout / IDEAL_FANOUT_S:.2f}x"
+            f"   run {run:.3f} s {run / IDEAL_RUN_S:.2f}x   host CPU {cpu:.2f} ms/call"
+        )
+        if peer_run is not None:
+            figures["speedup_vs_rlms"] = peer_run / run
+            line += f"   {peer_run / run:.2f}x faster than rlms"
+        print(line)
+    if peer_run is not None:
+        print(f"  {'rlms':<16} {'':<23} run {peer_run:.3f} s {peer_run / IDEAL_RUN_S:.2f}x")
     else:
         print(f"  rlms: not measured ({peer['unavailable']}); pip install 'conch[bench]'")
-    report["conch_run_vs_ideal"] = conch_run / IDEAL_RUN_S
-    report["conch_fanout_vs_ideal"] = conch_fanout / IDEAL_FANOUT_S
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {RESULTS}")

@@ -15,6 +15,7 @@ from conch.lm._pricing import PriceTable
 from conch.lm._protocol import LanguageModel
 from conch.lm._retry import RetryPolicy
 from conch.lm._scripted import ReplyFunction, ScriptedModel, ScriptedReply
+from conch.lm._transport import Transport, check_transport
 from conch.lm._weights import DEFAULT_LOCAL_MODEL
 
 PROVIDERS = ("openai", "anthropic", "scripted", "local")
@@ -30,6 +31,8 @@ def create_model(
     prices: PriceTable | None = None,
     http_client: httpx.AsyncClient | None = None,
     replies: Sequence[ScriptedReply] | ReplyFunction | None = None,
+    transport: Transport | None = None,
+    max_connections: int | None = None,
 ) -> LanguageModel:
     """Build a model from ``"provider:name"`` or a bare name.
 
@@ -41,10 +44,19 @@ def create_model(
     - ``"scripted"`` (or ``"scripted:NAME"``) with ``replies=``: a ScriptedModel.
     - ``"local"`` (the default embedded model), ``"local:qwen2.5-coder-0.5b"`` or
       ``"local:/path/to/file.gguf"``: a LocalModel run in-process by llama.cpp.
+
+    ``transport`` (``"sdk"``, the default, ``"httpx"`` or ``"asyncio"``) and
+    ``max_connections`` apply to OpenAI-compatible models only: see ``OpenAIModel``.
     """
     provider, _, name = spec.partition(":")
     if provider not in PROVIDERS:
         provider, name = "openai", spec
+    if transport is not None:
+        check_transport(transport)
+    if provider != "openai" and (transport not in (None, "sdk") or max_connections is not None):
+        raise ConfigurationError(
+            f"transport= and max_connections= apply to OpenAI-compatible models, not {spec!r}"
+        )
     if provider == "scripted":
         if replies is None:
             raise ConfigurationError("the 'scripted' model needs replies=[...] or a function")
@@ -73,4 +85,8 @@ def create_model(
         common["timeout"] = timeout
     if provider == "anthropic":
         return AnthropicModel(name, **common)
+    if transport is not None:
+        common["transport"] = transport
+    if max_connections is not None:
+        common["max_connections"] = max_connections
     return OpenAIModel(name, **common)

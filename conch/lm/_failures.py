@@ -22,6 +22,19 @@ def describe_endpoint(base_url: str, model: str) -> str:
     return f"{base_url} (model {model!r})"
 
 
+def error_detail(body: object, text: str) -> str:
+    """The provider's own words from an error answer: ``error.message`` when the body has the
+    usual ``{"error": {"message": ...}}`` shape (or ``{"error": "..."}``), else the start of
+    the raw text, else ``""``."""
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return inner["message"]
+        if isinstance(inner, str):
+            return inner
+    return text[:300]
+
+
 def status_failure(
     status: int,
     detail: str,

@@ -1,6 +1,8 @@
 """A client for any server speaking OpenAI's chat-completions API.
 
 That covers OpenAI itself, vLLM, Ollama, llama.cpp's server, LM Studio and OpenRouter.
+Requests go through the official ``openai`` SDK by default; ``transport="httpx"`` or
+``"asyncio"`` send the same request more cheaply (see ``conch.lm._transport``).
 """
 
 from __future__ import annotations
@@ -15,8 +17,16 @@ import openai
 
 from conch.errors import ConfigurationError, ModelResponseError
 from conch.lm._pricing import PriceTable
-from conch.lm._retry import RetryPolicy
+from conch.lm._retry import AttemptFailure, RetryPolicy
 from conch.lm._sdk import DEFAULT_TIMEOUT_S, SdkChatModel
+from conch.lm._transport import (
+    DEFAULT_MAX_CONNECTIONS,
+    JsonPoster,
+    Transport,
+    check_transport,
+    classify,
+    make_poster,
+)
 from conch.lm._types import Completion, CompletionOptions, Message, Usage
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -35,6 +45,22 @@ class OpenAIModel(SdkChatModel):
 
     Pass ``http_client`` to share one connection pool between many models; it is then
     lent, not owned: ``aclose`` leaves it open.
+
+    ``transport`` says how requests are sent; every choice sends the same body, gives the
+    same ``Completion`` and fails the same way (same retries, same errors):
+
+    - ``"sdk"`` (the default): the official ``openai`` SDK.
+    - ``"httpx"``: one ``httpx.AsyncClient`` (the lent ``http_client``, or one of its own
+      with ``max_connections`` kept alive, default 100) and the stdlib's JSON, skipping
+      the SDK's typed request and response models. Honours proxies from the environment.
+    - ``"asyncio"``: conch's own HTTP/1.1 client on asyncio streams, with up to
+      ``max_connections`` keep-alive connections (default 100): about a tenth of the host
+      CPU per call of the SDK, for fan-outs of many concurrent sub-calls. It connects
+      directly (a proxy set in the environment for the endpoint is a ConfigurationError).
+
+    The lean transports do not follow redirects (a 3xx says where base_url should point).
+    Size ``max_connections`` to the concurrency you use (``RLM(batch_concurrency=...)``
+    times concurrent runs sharing the model); calls beyond it wait for a free connection.
     """
 
     _key_hint = _KEY_HINT
@@ -50,9 +76,18 @@ class OpenAIModel(SdkChatModel):
         retry: RetryPolicy | None = None,
         prices: PriceTable | None = None,
         http_client: httpx.AsyncClient | None = None,
+        transport: Transport = "sdk",
+        max_connections: int | None = None,
     ) -> None:
         if not model:
             raise ConfigurationError("OpenAIModel needs a model name, e.g. 'gpt-4o-mini'")
+        check_transport(transport)
+        if max_connections is not None and (transport == "sdk" or http_client is not None):
+            raise ConfigurationError(
+                "max_connections= sizes the connection pool of transport='httpx' or "
+                "'asyncio'; with the SDK or a lent http_client, set the limits on that "
+                "httpx client instead"
+            )
         self.base_url = (
             base_url
             or os.environ.get("CONCH_BASE_URL")
@@ -71,17 +106,48 @@ class OpenAIModel(SdkChatModel):
         # OpenAI's reasoning models reject max_tokens; llama.cpp's server ignores
         # max_completion_tokens. Each endpoint gets the name it honours.
         self._max_tokens_field = "max_completion_tokens" if is_openai else "max_tokens"
-        self._connect(
-            openai,
-            openai.AsyncOpenAI,
-            model=model,
-            base_url=self.base_url,
-            api_key=key,
-            timeout=timeout,
-            retry=retry,
-            prices=prices,
-            http_client=http_client,
-        )
+        self.transport = transport
+        self._poster: JsonPoster | None = None
+        if transport == "sdk":
+            self._connect(
+                openai,
+                openai.AsyncOpenAI,
+                model=model,
+                base_url=self.base_url,
+                api_key=key,
+                timeout=timeout,
+                retry=retry,
+                prices=prices,
+                http_client=http_client,
+            )
+        else:
+            self._configure(
+                openai,
+                model=model,
+                base_url=self.base_url,
+                timeout=timeout,
+                retry=retry,
+                prices=prices,
+            )
+            self._poster = make_poster(
+                transport,
+                base_url=self.base_url,
+                api_key=key,
+                http_client=http_client,
+                max_connections=(
+                    DEFAULT_MAX_CONNECTIONS if max_connections is None else max_connections
+                ),
+            )
+
+    def __repr__(self) -> str:
+        transport = "" if self.transport == "sdk" else f", transport={self.transport!r}"
+        return f"OpenAIModel({self._model!r}, base_url={self.base_url!r}{transport})"
+
+    async def aclose(self) -> None:
+        if self._poster is None:
+            await super().aclose()
+        else:
+            await self._poster.aclose()
 
     def _request_body(
         self, messages: Sequence[Message], options: CompletionOptions
@@ -98,24 +164,42 @@ class OpenAIModel(SdkChatModel):
         if "temperature" in options:
             body["temperature"] = options["temperature"]
         if "extra_body" in options:
-            body["extra_body"] = dict(options["extra_body"])
+            extra = dict(options["extra_body"])
+            if self._poster is None:
+                body["extra_body"] = extra  # the SDK merges it into the body it sends
+            else:
+                body.update(extra)
         return body
 
     async def _send(self, request: dict[str, Any], timeout: float | None) -> Any:
+        if self._poster is not None:
+            return await self._poster.post(request, timeout)
         return await self._client.chat.completions.create(**request, timeout=timeout)
 
+    def _classify(self, exc: Exception, timeout: float | None) -> AttemptFailure | None:
+        if self._poster is not None:
+            failure = classify(
+                exc, endpoint=self._endpoint, timeout=timeout, key_hint=self._key_hint
+            )
+            if failure is not None:
+                return failure
+        return super()._classify(exc, timeout)
+
     def _completion(self, response: Any, latency: float, attempts: int) -> Completion:
-        choices = getattr(response, "choices", None)
+        """From the SDK's response object or, for the lean transports, the parsed JSON:
+        the same fields either way, read with ``_field``."""
+        choices = _field(response, "choices")
         if not isinstance(choices, list) or not choices:
             raise ModelResponseError(
                 f"{self._endpoint} answered without any choice (no completion text at all). "
                 "The server may have filtered the reply or failed silently; check its logs."
             )
         choice = choices[0]
-        message = getattr(choice, "message", None)
-        text = getattr(message, "content", None) or ""  # some servers send null content
-        model = getattr(response, "model", None) or self._model
-        usage = _usage(getattr(response, "usage", None))
+        text = _text(_field(_field(choice, "message"), "content"))
+        model = _field(response, "model")
+        model = model if isinstance(model, str) and model else self._model
+        finish_reason = _field(choice, "finish_reason")
+        usage = _usage(_field(response, "usage"))
         cost, known = self.prices.cost(model, usage)
         if not known and model != self._model:
             cost, known = self.prices.cost(self._model, usage)
@@ -125,21 +209,43 @@ class OpenAIModel(SdkChatModel):
             usage=usage,
             cost_usd=cost,
             cost_known=known,
-            finish_reason=getattr(choice, "finish_reason", None),
+            finish_reason=finish_reason if isinstance(finish_reason, str) else None,
             latency_s=latency,
             attempts=attempts,
             raw=response,
         )
 
 
+def _field(value: Any, name: str) -> Any:
+    """``value[name]`` of parsed JSON, or the attribute of an SDK object; ``None`` if absent."""
+    if isinstance(value, dict):
+        return value.get(name)
+    return getattr(value, name, None)
+
+
+def _text(content: Any) -> str:
+    """Message content as text: ``None`` (some servers send it) is ``""``; a list of content
+    parts is their text joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = (_field(part, "text") for part in content)
+        return "".join(part for part in parts if isinstance(part, str))
+    return ""
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def _usage(usage: Any) -> Usage:
     if usage is None:
         return Usage()
-    prompt_details = getattr(usage, "prompt_tokens_details", None)
-    completion_details = getattr(usage, "completion_tokens_details", None)
     return Usage(
-        input_tokens=getattr(usage, "prompt_tokens", None) or 0,
-        output_tokens=getattr(usage, "completion_tokens", None) or 0,
-        cached_tokens=getattr(prompt_details, "cached_tokens", None) or 0,
-        reasoning_tokens=getattr(completion_details, "reasoning_tokens", None) or 0,
+        input_tokens=_count(_field(usage, "prompt_tokens")),
+        output_tokens=_count(_field(usage, "completion_tokens")),
+        cached_tokens=_count(_field(_field(usage, "prompt_tokens_details"), "cached_tokens")),
+        reasoning_tokens=_count(
+            _field(_field(usage, "completion_tokens_details"), "reasoning_tokens")
+        ),
     )

@@ -20,6 +20,7 @@ from conch.errors import ModelResponseError
 from conch.lm._failures import (
     connection_failure,
     describe_endpoint,
+    error_detail,
     status_failure,
     timeout_failure,
 )
@@ -53,12 +54,9 @@ class SdkChatModel:
         prices: PriceTable | None,
         http_client: httpx.AsyncClient | None,
     ) -> None:
-        self._sdk = sdk
-        self._model = model
-        self.base_url = base_url
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
-        self.prices = prices or PriceTable()
+        self._configure(
+            sdk, model=model, base_url=base_url, timeout=timeout, retry=retry, prices=prices
+        )
         self._owns_http_client = http_client is None
         self._client = client_class(
             api_key=api_key,
@@ -67,6 +65,25 @@ class SdkChatModel:
             max_retries=0,  # retries are ours: see RetryPolicy
             http_client=http_client,
         )
+
+    def _configure(
+        self,
+        sdk: ModuleType,
+        *,
+        model: str,
+        base_url: str,
+        timeout: float,
+        retry: RetryPolicy | None,
+        prices: PriceTable | None,
+    ) -> None:
+        """The settings every request uses, without an SDK client (for a subclass that
+        sends some requests its own way)."""
+        self._sdk = sdk
+        self._model = model
+        self.base_url = base_url
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.prices = prices or PriceTable()
         self._endpoint = describe_endpoint(base_url, model)
 
     @property
@@ -146,12 +163,5 @@ class SdkChatModel:
 
 def _error_detail(exc: Any) -> str:
     """The provider's own error message when it sent one in the usual shape."""
-    body = exc.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            return inner["message"]
-        if isinstance(inner, str):
-            return inner
     text = exc.response.text if exc.response is not None else ""
-    return text[:300] or exc.message
+    return error_detail(exc.body, text) or exc.message

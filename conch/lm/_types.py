@@ -37,6 +37,8 @@ OPTION_NAMES: frozenset[str] = frozenset(CompletionOptions.__annotations__)
 
 def check_options(options: Mapping[str, object]) -> None:
     """Reject option names no client understands, so a typo cannot pass unnoticed."""
+    if OPTION_NAMES.issuperset(options):  # the usual case, on every call: keep it cheap
+        return
     unknown = sorted(set(options) - OPTION_NAMES)
     if unknown:
         raise ConfigurationError(
