@@ -4,7 +4,7 @@ A loopback OpenAI-compatible server (in its own process, so it does not compete 
 clients for the GIL) answers every request after a fixed 100 ms. With 16
 sub-calls in flight the fan-out ideally takes ceil(64/16) x 100 ms = 0.40 s, and the whole
 run one root call more (0.50 s). conch runs once per ``OpenAIModel`` transport: ``sdk``
-(the official SDK, the default), ``httpx`` and ``asyncio`` (the lean ones), in turn within
+(the official SDK, the default), ``httpx`` and ``aiohttp`` (the lean ones), in turn within
 each repeat so that load from other work on the machine falls on all of them alike. The
 same workload then runs through the official ``rlms`` package (``pip install
 'conch[bench]'``) against the same server, in the same process.
@@ -13,7 +13,7 @@ What bounds the fan-out on a small machine is host CPU per sub-call (the event l
 thread), so that is printed too: this process's CPU time over the run, per model call.
 
     python benchmarks/fanout.py [--quick] [--repeats N] [--sandbox local|bwrap|best]
-                                [--transports sdk,httpx,asyncio]
+                                [--transports sdk,httpx,aiohttp]
 
 Prints the figures and writes benchmarks/results/fanout.json. Not a test.
 """
@@ -43,7 +43,7 @@ from conch.trace import MemoryTraceSink, RecordType
 
 PROMPTS = 64
 WIDTH = 16
-TRANSPORTS = ("sdk", "httpx", "asyncio")
+TRANSPORTS = ("sdk", "httpx", "aiohttp")
 LATENCY_S = 0.100
 IDEAL_FANOUT_S = math.ceil(PROMPTS / WIDTH) * LATENCY_S
 IDEAL_RUN_S = IDEAL_FANOUT_S + LATENCY_S  # one root call writes the code

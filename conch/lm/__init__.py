@@ -4,7 +4,7 @@
 returns a ``Completion`` with the text (never ``None``), token usage, cost and latency.
 
 - ``OpenAIModel``: any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp, LM Studio,
-  OpenRouter) through the official ``openai`` SDK; ``transport="httpx"`` or ``"asyncio"``
+  OpenRouter) through the official ``openai`` SDK; ``transport="httpx"`` or ``"aiohttp"``
   send the same requests for a fraction of the SDK's CPU, for fan-outs of many sub-calls.
 - ``AnthropicModel``: Anthropic's Messages API (``pip install 'conch[anthropic]'``).
 - ``LocalModel``: the embedded default, a GGUF model run in-process by llama.cpp

@@ -45,7 +45,7 @@ def create_model(
     - ``"local"`` (the default embedded model), ``"local:qwen2.5-coder-0.5b"`` or
       ``"local:/path/to/file.gguf"``: a LocalModel run in-process by llama.cpp.
 
-    ``transport`` (``"sdk"``, the default, ``"httpx"`` or ``"asyncio"``) and
+    ``transport`` (``"sdk"``, the default, ``"httpx"`` or ``"aiohttp"``) and
     ``max_connections`` apply to OpenAI-compatible models only: see ``OpenAIModel``.
     """
     provider, _, name = spec.partition(":")

@@ -2,12 +2,13 @@
 
 That covers OpenAI itself, vLLM, Ollama, llama.cpp's server, LM Studio and OpenRouter.
 Requests go through the official ``openai`` SDK by default; ``transport="httpx"`` or
-``"asyncio"`` send the same request more cheaply (see ``conch.lm._transport``).
+``"aiohttp"`` send the same request more cheaply (see ``conch.lm._transport``).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ from conch.lm._retry import AttemptFailure, RetryPolicy
 from conch.lm._sdk import DEFAULT_TIMEOUT_S, SdkChatModel
 from conch.lm._transport import (
     DEFAULT_MAX_CONNECTIONS,
+    DEPRECATED_TRANSPORTS,
     JsonPoster,
     Transport,
     check_transport,
@@ -53,10 +55,11 @@ class OpenAIModel(SdkChatModel):
     - ``"httpx"``: one ``httpx.AsyncClient`` (the lent ``http_client``, or one of its own
       with ``max_connections`` kept alive, default 100) and the stdlib's JSON, skipping
       the SDK's typed request and response models. Honours proxies from the environment.
-    - ``"asyncio"``: conch's own HTTP/1.1 client on asyncio streams, with up to
-      ``max_connections`` keep-alive connections (default 100): about a tenth of the host
-      CPU per call of the SDK, for fan-outs of many concurrent sub-calls. It connects
-      directly (a proxy set in the environment for the endpoint is a ConfigurationError).
+    - ``"aiohttp"``: one ``aiohttp.ClientSession`` per event loop, with up to
+      ``max_connections`` keep-alive connections (default 100) and the stdlib's JSON: the
+      least host CPU per call, for fan-outs of many concurrent sub-calls. Honours proxies
+      from the environment. Needs ``pip install 'conch[fast]'``. (``"asyncio"``, the name
+      of conch's former hand-written client, is a deprecated alias for it.)
 
     The lean transports do not follow redirects (a 3xx says where base_url should point).
     Size ``max_connections`` to the concurrency you use (``RLM(batch_concurrency=...)``
@@ -81,11 +84,19 @@ class OpenAIModel(SdkChatModel):
     ) -> None:
         if not model:
             raise ConfigurationError("OpenAIModel needs a model name, e.g. 'gpt-4o-mini'")
-        check_transport(transport)
+        canonical = check_transport(transport)
+        if canonical != transport:
+            warnings.warn(
+                f"transport={transport!r} is deprecated; use "
+                f"transport={DEPRECATED_TRANSPORTS[transport]!r}",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            transport = canonical  # type: ignore[assignment]
         if max_connections is not None and (transport == "sdk" or http_client is not None):
             raise ConfigurationError(
                 "max_connections= sizes the connection pool of transport='httpx' or "
-                "'asyncio'; with the SDK or a lent http_client, set the limits on that "
+                "'aiohttp'; with the SDK or a lent http_client, set the limits on that "
                 "httpx client instead"
             )
         self.base_url = (

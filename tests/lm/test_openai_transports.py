@@ -1,4 +1,4 @@
-"""One contract, three transports: OpenAIModel through the SDK, httpx, and conch's own client.
+"""One contract, three transports: OpenAIModel through the SDK, httpx, and aiohttp.
 
 Every test here runs once per transport against the real loopback ``OpenAIServer``: the
 lean transports must build the same ``Completion`` and fail the same way (same retries,
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from collections.abc import AsyncIterator
 
 import httpx
@@ -28,7 +29,7 @@ from conch.lm import AnthropicModel, OpenAIModel, RetryPolicy, Usage, create_mod
 from conch.testing import OpenAIServer, RecordingSleep, Reply
 
 HELLO = [{"role": "user", "content": "hello"}]
-TRANSPORTS = ["sdk", "httpx", "asyncio"]
+TRANSPORTS = ["sdk", "httpx", "aiohttp"]
 ATTEMPT_TIMEOUT_S = 0.3
 
 
@@ -451,9 +452,10 @@ async def test_create_model_passes_the_transport_on(
     ("kwargs", "says"),
     [
         ({"transport": "curl"}, "unknown transport 'curl'"),
-        ({"transport": "asyncio", "max_connections": 0}, "at least 1"),
+        ({"transport": "aiohttp", "max_connections": 0}, "at least 1"),
         ({"transport": "httpx", "max_connections": 0}, "at least 1"),
-        ({"transport": "asyncio", "base_url": "ftp://host/v1"}, "not an http"),
+        ({"transport": "aiohttp", "base_url": "ftp://host/v1"}, "not an http"),
+        ({"transport": "aiohttp", "api_key": "k\r\nX: y"}, "line break"),
         ({"transport": "sdk", "max_connections": 8}, "sizes the connection pool"),
     ],
 )
@@ -465,16 +467,16 @@ def test_bad_transport_settings_say_what_to_do(kwargs: dict[str, object], says: 
 
 def test_transport_does_not_apply_to_other_providers() -> None:
     with pytest.raises(ConfigurationError, match="OpenAI-compatible"):
-        create_model("anthropic:claude-sonnet-4-5", api_key="k", transport="asyncio")
+        create_model("anthropic:claude-sonnet-4-5", api_key="k", transport="aiohttp")
     model = create_model("anthropic:claude-sonnet-4-5", api_key="k", transport="sdk")
     assert isinstance(model, AnthropicModel)
 
 
-async def test_the_asyncio_transport_refuses_a_lent_httpx_client() -> None:
+async def test_the_aiohttp_transport_refuses_a_lent_httpx_client() -> None:
     async with httpx.AsyncClient() as client:
         with pytest.raises(ConfigurationError, match="transport='httpx' to share one"):
             OpenAIModel(
-                "m", base_url="http://127.0.0.1:9/v1", transport="asyncio", http_client=client
+                "m", base_url="http://127.0.0.1:9/v1", transport="aiohttp", http_client=client
             )
 
 
@@ -496,24 +498,26 @@ async def test_the_httpx_transport_uses_a_lent_client_and_leaves_it_open(
         assert not shared.is_closed
 
 
-def test_the_asyncio_transport_refuses_to_bypass_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("https_proxy", "all_proxy", "ALL_PROXY", "NO_PROXY", "no_proxy"):
+async def test_the_aiohttp_transport_goes_through_the_environment_proxy(
+    openai_server: OpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """trust_env: HTTP_PROXY routes the request through the proxy (here the loopback server,
+    which sees the absolute-form target a proxy gets, and answers 404 to it)."""
+    for name in ("http_proxy", "all_proxy", "ALL_PROXY", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTPS_PROXY", "http://user:secret@proxy.example:3128")
+    monkeypatch.setenv("HTTP_PROXY", openai_server.root_url)
+    model = OpenAIModel("m", base_url="http://llm.invalid/v1", api_key="k", transport="aiohttp")
 
-    with pytest.raises(ConfigurationError, match=r"proxy\.example.*NO_PROXY") as caught:
-        OpenAIModel("m", base_url="https://llm.example/v1", api_key="k", transport="asyncio")
+    with pytest.raises(ModelNotFoundError, match=r"no route POST http://llm\.invalid/v1/chat"):
+        await model.complete(HELLO)
 
-    assert "secret" not in str(caught.value)
-
-    monkeypatch.setenv("NO_PROXY", "llm.example")
-    OpenAIModel("m", base_url="https://llm.example/v1", api_key="k", transport="asyncio")
+    await model.aclose()
 
 
-def test_the_asyncio_transport_works_across_event_loops(openai_server: OpenAIServer) -> None:
-    """``RLM.completion`` runs each call in a fresh ``asyncio.run``: connections opened in
-    an ended loop are left behind, not reused."""
-    model = OpenAIModel("m", base_url=openai_server.base_url, transport="asyncio")
+def test_the_aiohttp_transport_works_across_event_loops(openai_server: OpenAIServer) -> None:
+    """``RLM.completion`` runs each call in a fresh ``asyncio.run``: a session (and its
+    connections) made in an ended loop is replaced, not reused."""
+    model = OpenAIModel("m", base_url=openai_server.base_url, transport="aiohttp")
 
     async def ask() -> str:
         return (await model.complete(HELLO)).text
@@ -521,9 +525,27 @@ def test_the_asyncio_transport_works_across_event_loops(openai_server: OpenAISer
     assert asyncio.run(ask()) == "ok"
     assert asyncio.run(ask()) == "ok"
     asyncio.run(model.aclose())
+    assert asyncio.run(ask()) == "ok"  # usable again after aclose: a new session
+    asyncio.run(model.aclose())
+
+
+def test_asyncio_is_a_deprecated_alias_of_aiohttp() -> None:
+    with pytest.warns(DeprecationWarning, match="transport='aiohttp'"):
+        model = OpenAIModel("m", base_url="http://127.0.0.1:9/v1", transport="asyncio")
+
+    assert model.transport == "aiohttp"
+
+
+def test_the_aiohttp_transport_without_aiohttp_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # import aiohttp raises ImportError
+
+    with pytest.raises(ConfigurationError, match=r"pip install 'conch\[fast\]'"):
+        OpenAIModel("m", base_url="http://127.0.0.1:9/v1", transport="aiohttp")
 
 
 def test_repr_names_a_lean_transport() -> None:
-    model = OpenAIModel("m", base_url="http://127.0.0.1:9/v1", transport="asyncio")
+    model = OpenAIModel("m", base_url="http://127.0.0.1:9/v1", transport="aiohttp")
 
-    assert repr(model) == "OpenAIModel('m', base_url='http://127.0.0.1:9/v1', transport='asyncio')"
+    assert repr(model) == "OpenAIModel('m', base_url='http://127.0.0.1:9/v1', transport='aiohttp')"
