@@ -50,10 +50,18 @@ class LazySuggestions(Mapping[str, tuple[str, ...]]):
 
     def __init__(self, words: Iterable[str], suggester: Suggester) -> None:
         self._words = tuple(words)
-        self._members = frozenset(self._words)
+        self._member_set: frozenset[str] | None = None  # made on first lookup
         self._suggester = suggester
         self._cache: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
+
+    @property
+    def _members(self) -> frozenset[str]:
+        # Built on demand: most results are never looked into. Two threads may both build
+        # it; they build the same set.
+        if self._member_set is None:
+            self._member_set = frozenset(self._words)
+        return self._member_set
 
     def __getitem__(self, word: str) -> tuple[str, ...]:
         if word not in self._members:

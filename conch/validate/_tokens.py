@@ -24,7 +24,10 @@ import keyword
 import re
 import unicodedata
 from bisect import bisect_right
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import itemgetter
 
 #: Stands for "not a word character" in the key space of the matcher. Any non-word character
 #: of the text becomes this one, and a seam between unspaced and spaced scripts is marked by it.
@@ -70,9 +73,10 @@ def _ranges_to_class(codepoints: list[int]) -> str:
     return "".join(parts)
 
 
-def _scan_unicode() -> tuple[str, str, str]:
+def _scan_unicode() -> tuple[str, str, str, frozenset[str]]:
     """Character classes for combining marks outside unspaced scripts, for all combining
-    marks, and for characters whose case folding is longer than one character."""
+    marks, and for characters whose case folding is longer than one character; and the
+    first class's characters as a set."""
     marks: list[int] = []
     all_marks: list[int] = []
     expanding: list[int] = []
@@ -85,10 +89,15 @@ def _scan_unicode() -> tuple[str, str, str]:
                     marks.append(codepoint)
             if len(char.casefold()) > 1:
                 expanding.append(codepoint)
-    return _ranges_to_class(marks), _ranges_to_class(all_marks), _ranges_to_class(expanding)
+    return (
+        _ranges_to_class(marks),
+        _ranges_to_class(all_marks),
+        _ranges_to_class(expanding),
+        frozenset(map(chr, marks)),
+    )
 
 
-_MARKS, _ALL_MARKS, _EXPANDING_CHARS = _scan_unicode()
+_MARKS, _ALL_MARKS, _EXPANDING_CHARS, _MARK_CHARS = _scan_unicode()
 _UNSPACED = "".join(
     re.escape(chr(low)) if low == high else f"{re.escape(chr(low))}-{re.escape(chr(high))}"
     for low, high in _UNSPACED_RANGES
@@ -228,6 +237,53 @@ def normalize(text: str) -> Normalized:
     )
 
 
+# ASCII text straight to its padded key: lower-cased, every byte that is not [a-z0-9_] one
+# BOUNDARY (the same as normalize() then boundary_key() with the padding, in one pass).
+_ASCII_FOLDED_KEY_TABLE = bytes(
+    ord(chr(byte).lower()) if _ASCII_KEY_TABLE[byte] != ord(BOUNDARY) else ord(BOUNDARY)
+    for byte in range(256)
+)
+_ASCII_PAD = BOUNDARY.encode("ascii")
+
+
+def ascii_boundary_key(text: str) -> str:
+    """``BOUNDARY + boundary_key(normalize(text).text) + BOUNDARY`` for ASCII ``text``."""
+    return (
+        (_ASCII_PAD + text.encode("ascii") + _ASCII_PAD)
+        .translate(_ASCII_FOLDED_KEY_TABLE)
+        .decode("ascii")
+    )
+
+
+class _TranslationCache(dict[int, int | str]):
+    """A ``str.translate`` table filled in one character at a time, on first sight.
+
+    The classes of word characters hold hundreds of ranges, some beyond the Basic
+    Multilingual Plane, and the regex engine then tests a character against the ranges one
+    by one: a microsecond per character. This asks the regex once per distinct character,
+    and str.translate looks the answer up in C after that.
+    """
+
+    __slots__ = ("_classify",)
+    _LIMIT = 1 << 16
+    """Characters remembered at most; beyond that, new ones are classified every time."""
+
+    def __init__(self, classify: Callable[[str], int | str]) -> None:
+        super().__init__()
+        self._classify = classify
+
+    def __missing__(self, codepoint: int) -> int | str:
+        value = self._classify(chr(codepoint))
+        if len(self) < self._LIMIT:
+            self[codepoint] = value
+        return value
+
+
+_KEY_TRANSLATION = _TranslationCache(
+    lambda char: BOUNDARY if _NON_WORD.match(char) is not None else ord(char)
+)
+
+
 def boundary_key(normalized: str) -> str:
     """The matcher's view of normalised text: every non-word character becomes BOUNDARY.
 
@@ -235,7 +291,7 @@ def boundary_key(normalized: str) -> str:
     """
     if normalized.isascii():
         return normalized.encode("ascii").translate(_ASCII_KEY_TABLE).decode("ascii")
-    return _NON_WORD.sub(BOUNDARY, normalized)
+    return normalized.translate(_KEY_TRANSLATION)
 
 
 # --- words that count ---------------------------------------------------------------------
@@ -256,9 +312,81 @@ def _token_patterns(spaced_word: str) -> tuple[re.Pattern[str], re.Pattern[str]]
 # alternation that also admits combining marks, and most text holds no marks at all.
 _CODE_TOKEN, _COMMAND_TOKEN = _token_patterns(f"[^\\W{_UNSPACED}]")
 _CODE_TOKEN_WITH_MARKS, _COMMAND_TOKEN_WITH_MARKS = _token_patterns(SPACED_WORD_CLASS)
-_ANY_MARK = re.compile(f"[{_MARKS}]")
-# String prefixes glued to a quote (f"...", rb'...') are syntax, not words.
-_STRING_PREFIX = re.compile(r"(?<!\w)(?:[rRbBuUfF]{1,2})(?=['\"])")
+_ANY_MARK = re.compile(f"[{_MARKS}]")  # the definition; tested in bulk through _MARK_CHARS
+# Text with neither unspaced scripts nor combining marks (all ASCII text, most other text) is
+# split without running a regular expression over it, which costs tens of nanoseconds a
+# character (a microsecond beyond ASCII, where the classes hold hundreds of ranges): a table
+# maps it to word characters and separators and str.split() cuts it. The word table keeps
+# word characters (``\w``) and makes anything else a space. The chunk table (commands) also
+# keeps ``-``, makes whitespace (as ``\s`` and str.split() define it) a space, and anything
+# else NUL. For ASCII the tables are bytes, used through bytes.translate.
+_ASCII_WORD_BYTES = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz")
+_ASCII_WORDS = bytes(byte if byte in _ASCII_WORD_BYTES else 0x20 for byte in range(256))
+_ASCII_CHUNKS = bytes(
+    byte if byte in _ASCII_WORD_BYTES or byte == ord("-") else 0x20 if chr(byte).isspace() else 0x00
+    for byte in range(256)
+)
+_WORD_CHAR = re.compile(r"\w")
+_WORD_TRANSLATION = _TranslationCache(
+    lambda char: ord(char) if _WORD_CHAR.match(char) is not None else " "
+)
+_CHUNK_TRANSLATION = _TranslationCache(
+    lambda char: (
+        ord(char)
+        if char == "-" or _WORD_CHAR.match(char) is not None
+        else " "
+        if char.isspace()
+        else "\x00"
+    )
+)
+#: Hyphens right after a character that is neither a word character nor whitespace: they
+#: cannot start a flag there, so they belong to no token.
+_HYPHENS_AFTER_OTHER = re.compile("\x00-+")
+_FLAG_START = re.compile(r"--?\w")
+_HYPHENATED = re.compile(r"\w+(?:-\w+)*")
+
+
+def _is_plain(text: str) -> bool:
+    """No unspaced script and no combining mark: every word is a run of word characters."""
+    return text.isascii() or (_MARK_CHARS.isdisjoint(text) and _ANY_UNSPACED.search(text) is None)
+
+
+def _split_words(text: str) -> list[str]:
+    """What ``_CODE_TOKEN`` finds in plain text: its runs of word characters."""
+    if text.isascii():
+        return text.encode("ascii").translate(_ASCII_WORDS).decode("ascii").split()
+    return text.translate(_WORD_TRANSLATION).split()
+
+
+def _split_command_words(text: str) -> list[str]:
+    """What ``_COMMAND_TOKEN`` finds in plain text, without running it over every character.
+
+    Without a hyphen every token is a run of word characters. Otherwise the text is cut into
+    chunks of word characters and hyphens; a chunk that starts with a hyphen after whitespace
+    or at the start of the text may be a flag, and then is one token (a flag runs to the end
+    of its chunk); any other chunk holding a hyphen is cut into hyphen-joined words.
+    """
+    if "-" not in text:
+        return _split_words(text)
+    if text.isascii():
+        chunked = text.encode("ascii").translate(_ASCII_CHUNKS).decode("ascii")
+    else:
+        chunked = text.translate(_CHUNK_TRANSLATION)
+    if "\x00" in chunked:
+        chunked = _HYPHENS_AFTER_OTHER.sub(" ", chunked).replace("\x00", " ")
+    chunks = chunked.split()
+    hyphenated = list(compress(range(len(chunks)), map(str.__contains__, chunks, repeat("-"))))
+    for index in reversed(hyphenated):  # from the back, so that earlier indices stay valid
+        chunk = chunks[index]
+        if _FLAG_START.match(chunk) is None:
+            chunks[index : index + 1] = _HYPHENATED.findall(chunk)
+    return chunks
+
+
+# String prefixes glued to a quote (f"...", rb'...') are syntax, not words. One or two prefix
+# letters not after a word character, written so that the pattern starts with a character
+# class: the regex engine then skips ahead to candidates instead of trying every position.
+_STRING_PREFIX = re.compile(r"[rRbBuUfF](?<!\w[rRbBuUfF])[rRbBuUfF]?(?=['\"])")
 #: Separates the uncovered gaps of a text when they are tokenised together. Not whitespace,
 #: so a gap starting with ``-get`` (the rest of ``apt-get``) is not mistaken for a flag.
 GAP_SEPARATOR = "\x00"
@@ -278,6 +406,7 @@ BASH_SYNTAX: frozenset[str] = frozenset(
 )
 
 KINDS = ("code", "command")
+_FIRST = itemgetter(0)
 
 
 def candidate_words(text: str, kind: str) -> list[str]:
@@ -285,11 +414,19 @@ def candidate_words(text: str, kind: str) -> list[str]:
 
     In code, string prefixes glued to a quote (``f"..."``) are dropped here already.
     """
-    marks = not text.isascii() and _ANY_MARK.search(text) is not None
+    if _is_plain(text):
+        if kind == "code":
+            if "'" in text or '"' in text:
+                text = _STRING_PREFIX.sub(" ", text)
+            return _split_words(text)
+        return _split_command_words(text)
+    if not _MARK_CHARS.isdisjoint(text):  # what _ANY_MARK.search() tells, without a regex
+        code, command = _CODE_TOKEN_WITH_MARKS, _COMMAND_TOKEN_WITH_MARKS
+    else:
+        code, command = _CODE_TOKEN, _COMMAND_TOKEN
     if kind == "code":
-        pattern = _CODE_TOKEN_WITH_MARKS if marks else _CODE_TOKEN
-        return pattern.findall(_STRING_PREFIX.sub(" ", text))
-    return (_COMMAND_TOKEN_WITH_MARKS if marks else _COMMAND_TOKEN).findall(text)
+        return code.findall(_STRING_PREFIX.sub(" ", text))
+    return command.findall(text)
 
 
 def is_syntax(word: str, kind: str) -> bool:
@@ -304,6 +441,27 @@ def is_syntax(word: str, kind: str) -> bool:
     if kind == "code":
         return word in PYTHON_SYNTAX or (word.startswith("__") and word.endswith("__"))
     return word in BASH_SYNTAX
+
+
+def syntax_words(words: Collection[str], kind: str, joined: str | None = None) -> set[str]:
+    """Those of the distinct ``words`` that :func:`is_syntax` calls syntax, found in bulk.
+
+    The same test as ``is_syntax`` with the per-word work done in C: it runs over every
+    distinct unknown word of every validated text. ``joined``: ``"".join(words)``, when the
+    caller has it already.
+    """
+    reserved = PYTHON_SYNTAX if kind == "code" else BASH_SYNTAX
+    if len(words) > len(reserved) and isinstance(words, dict | set | frozenset):
+        found = set(filter(words.__contains__, reserved))  # look up the fewer words
+    else:
+        found = set(reserved.intersection(words))
+    if joined is None:
+        joined = "".join(words)
+    if not joined.isascii() or any(map(joined.__contains__, "0123456789")):
+        found.update(compress(words, map(str.isdigit, map(_FIRST, words))))
+    if kind == "code" and "__" in joined:
+        found.update(w for w in words if w.startswith("__") and w.endswith("__"))
+    return found
 
 
 def word_count(normalized_term: str) -> int:

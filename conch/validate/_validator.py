@@ -17,16 +17,16 @@ whitespace-only input has nothing to run and always passes.
 from __future__ import annotations
 
 import enum
-from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 
 from conch.errors import ValidationConfigError
-from conch.sandbox import ValidationResult
+from conch.sandbox import MatchedTerm, ValidationResult
 from conch.validate._events import Decision, EventSink, ValidationEvent
-from conch.validate._matcher import Match, TermMatcher
+from conch.validate._matcher import TermMatcher, build_all
 from conch.validate._suggestions import DEFAULT_LIMIT, LazySuggestions, Suggester
 from conch.validate._thesaurus import Thesaurus
-from conch.validate._tokens import GAP_SEPARATOR, KINDS, candidate_words, is_syntax
+from conch.validate._tokens import GAP_SEPARATOR, KINDS, candidate_words, syntax_words
 
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_MAX_INPUT_CHARS = 16 * 1024 * 1024
@@ -109,24 +109,29 @@ class KnowledgeGraphValidator:
             )
         if kind not in KINDS:
             raise ValidationConfigError(f"unknown kind {kind!r}; use 'code' or 'command'")
-        if not text.strip():
+        if not text or text.isspace():
             return ValidationResult(passed=True, message="nothing to validate (empty input)")
         if len(text) > self.max_input_chars:
             return self._too_large(len(text))
 
-        matches = self._matcher.find(text)
-        unknown_counts = _count_unknown(text, matches, kind)
-        unknown = _distinct_casefolded(unknown_counts)
-        known_words = sum(match.words for match in matches)
-        unknown_words = sum(unknown_counts.values())
+        starts, ends, concepts_found, word_counts = self._matcher._match_columns(text)
+        if starts:
+            # The matched surface terms, and the gaps between them (for the unknown words).
+            # Sliced through map() in C: these run once per match, and texts have many.
+            terms = list(map(text.__getitem__, map(slice, starts, ends)))
+            gaps = map(text.__getitem__, map(slice, (0, *ends), (*starts, len(text))))
+            unknown, unknown_words = _unknown_words(GAP_SEPARATOR.join(gaps), kind)
+        else:
+            terms = []
+            unknown, unknown_words = _unknown_words(text, kind)
+        known_words = sum(word_counts)
         total = known_words + unknown_words
         ratio = known_words / total if total else 0.0
-        concepts = {match.concept for match in matches}
         graph = self.thesaurus.role_graph
-        connected = graph.connected(concepts) if graph is not None and concepts else None
+        connected = graph.connected(concepts_found) if graph is not None and starts else None
 
         problems: list[str] = []
-        if not matches:
+        if not starts:
             problems.append("no term of the knowledge graph appears in it")
         elif ratio < self.min_match_ratio:
             problems.append(
@@ -136,13 +141,13 @@ class KnowledgeGraphValidator:
         if self.strictness is Strictness.STRICT and connected is False:
             problems.append(
                 "its concepts are not related in the role graph ("
-                + ", ".join(sorted(concepts)[:_LISTED_IN_MESSAGE])
+                + ", ".join(sorted(set(concepts_found))[:_LISTED_IN_MESSAGE])
                 + ")"
             )
         blocked = bool(problems) and self.strictness is not Strictness.PERMISSIVE
         return ValidationResult(
             passed=not blocked,
-            matched=tuple(match.as_matched_term(text) for match in matches),
+            matched=build_all(MatchedTerm, terms, concepts_found, starts, ends) if terms else (),
             unknown=unknown,
             message=_message(blocked, problems, unknown, self.strictness),
             match_ratio=ratio,
@@ -160,32 +165,34 @@ class KnowledgeGraphValidator:
         return ValidationResult(passed=False, message=f"blocked: {problem}", match_ratio=0.0)
 
 
-def _count_unknown(text: str, matches: list[Match], kind: str) -> Counter[str]:
-    """Occurrences of each word outside every match that is not syntax."""
-    words = Counter(candidate_words(_uncovered(text, matches), kind))
-    for word in [w for w in words if is_syntax(w, kind)]:
-        del words[word]
-    return words
+def _unknown_words(uncovered: str, kind: str) -> tuple[tuple[str, ...], int]:
+    """The words of the text outside every match (``uncovered``: the gaps between matches
+    joined by GAP_SEPARATOR) that are not syntax: the distinct ones in order of first
+    appearance (one spelling per case-folded word), and how many occurrences there are."""
+    words = candidate_words(uncovered, kind)
+    if not words:
+        return (), 0
+    distinct = dict.fromkeys(words)
+    joined = "".join(distinct)
+    syntax = syntax_words(distinct, kind, joined)
+    count = len(words)
+    if syntax:
+        for word in syntax:
+            del distinct[word]
+        count -= sum(map(syntax.__contains__, words))
+    if joined.isascii() and joined == joined.lower():  # nothing to case-fold: the common case
+        return tuple(distinct), count
+    return _distinct_casefolded(distinct), count
 
 
-def _uncovered(text: str, matches: list[Match]) -> str:
-    """The text with every match cut out, the remaining gaps joined by GAP_SEPARATOR."""
-    if not matches:
-        return text
-    gaps: list[str] = []
-    previous_end = 0
-    for match in matches:
-        gaps.append(text[previous_end : match.start])
-        previous_end = match.end
-    gaps.append(text[previous_end:])
-    return GAP_SEPARATOR.join(gaps)
-
-
-def _distinct_casefolded(counts: Counter[str]) -> tuple[str, ...]:
-    """Unknown words in order of first appearance, one spelling per case-folded word."""
+def _distinct_casefolded(words: Collection[str]) -> tuple[str, ...]:
+    """The distinct ``words`` (in order), one spelling per case-folded word."""
+    folded = list(map(str.casefold, words))
+    if len(set(folded)) == len(folded):  # no two spellings of one word
+        return tuple(words)
     seen: dict[str, str] = {}
-    for word in counts:
-        seen.setdefault(word.casefold(), word)
+    for key, word in zip(folded, words, strict=True):
+        seen.setdefault(key, word)
     return tuple(seen.values())
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from conch.validate import TermMatcher
+from conch.sandbox import MatchedTerm
+from conch.validate import Match, TermMatcher
+from conch.validate._matcher import build_all
 from conch.validate._tokens import is_unspaced_char, normalize
 
 
@@ -173,3 +177,126 @@ def test_arbitrary_text_never_breaks_the_matcher(text):
     for match in matcher.find(text):
         assert previous_end <= match.start < match.end <= len(text)
         previous_end = match.end
+
+
+# --- the fast paths agree with the definitions -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # A seam marker in a term stands for a seam, not for any non-word character.
+        ("数Ж", [("数Ж", "seam")]),
+        ("数'Ж", []),
+        ("数 Ж", []),
+    ],
+)
+def test_a_term_across_a_script_seam_needs_the_seam(text, expected):
+    assert found(TermMatcher([("数Ж", "seam")]), text) == expected
+
+
+def test_overlapping_terms_resolve_leftmost_longest_whatever_order_they_end_in():
+    matcher = TermMatcher(
+        [("a", "a"), ("b", "b"), ("a b", "ab"), ("b c d", "bcd"), ("c", "c"), ("x a b c", "x")]
+    )
+    assert found(matcher, "a b c d") == [("a b", "ab"), ("c", "c")]
+    assert found(matcher, "b c d a") == [("b c d", "bcd"), ("a", "a")]
+    assert found(matcher, "x a b c d") == [("x a b c", "x")]
+    assert found(matcher, "x a b") == [("a b", "ab")]
+
+
+_ASCII_WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def _reference_find(terms: list[tuple[str, str]], text: str) -> list[tuple[int, int, str]]:
+    """The matcher's contract for ASCII, by brute force: every whole-word occurrence of every
+    term (case-insensitive; a whitespace character of a term matches any whitespace
+    character), then leftmost-longest, the earlier term first on equal spans."""
+    folded = text.lower()
+    occurrences = []
+    for term, concept in terms:
+        term = term.strip().lower()
+        for start in range(len(folded) - len(term) + 1):
+            end = start + len(term)
+            if not all(
+                a == b or (a.isspace() and b.isspace())
+                for a, b in zip(folded[start:end], term, strict=True)
+            ):
+                continue
+            if term[0] in _ASCII_WORD_CHARS and start and folded[start - 1] in _ASCII_WORD_CHARS:
+                continue
+            if term[-1] in _ASCII_WORD_CHARS and folded[end : end + 1] in _ASCII_WORD_CHARS:
+                continue
+            occurrences.append((start, end, concept))
+    occurrences.sort(key=lambda o: (o[0], -o[1]))  # stable: the earlier term first on ties
+    selected, covered = [], 0
+    for start, end, concept in occurrences:
+        if start >= covered:
+            selected.append((start, end, concept))
+            covered = end
+    return selected
+
+
+# Terms start and end with a word character, so that two terms sharing a key share its
+# padding too; inside they may hold separators, which makes overlaps and shared keys common.
+_term = st.sampled_from("abAB") | st.builds(
+    lambda first, middle, last: first + middle + last,
+    st.sampled_from("abAB"),
+    st.text(st.sampled_from("ab -.\t"), max_size=4),
+    st.sampled_from("ab"),
+).filter(lambda term: "  " not in term)
+_filler = st.text(st.sampled_from("abAB -.\t\n"), max_size=3)
+
+
+@settings(max_examples=400)
+@given(terms=st.lists(_term, min_size=1, max_size=6, unique_by=str.lower), data=st.data())
+def test_find_agrees_with_a_brute_force_reference(terms, data):
+    # Texts made of the terms themselves (in any case) and bits of filler.
+    pieces = data.draw(
+        st.lists(st.sampled_from(terms).map(str.upper) | st.sampled_from(terms) | _filler)
+    )
+    text = "".join(pieces)
+    pairs = [(term, f"c{index}") for index, term in enumerate(terms)]
+    matcher = TermMatcher(pairs)
+    assert [(m.start, m.end, m.concept) for m in matcher.find(text)] == _reference_find(pairs, text)
+
+
+def test_columns_are_find_in_parallel_sequences(matcher):
+    text = "git push, then naïve STRASSE and 数据 and c++"
+    starts, ends, concepts, words = matcher._match_columns(text)
+    assert [Match(*row) for row in zip(starts, ends, concepts, words, strict=True)] == matcher.find(
+        text
+    )
+    assert matcher._match_columns("nothing here") == ((), (), (), ())
+
+
+def test_matches_built_in_bulk_equal_matches_built_one_by_one():
+    rows = [(0, 3, "git", 1), (4, 12, "git-push", 2)]
+    built = build_all(Match, *zip(*rows, strict=True))
+    assert list(built) == [Match(*row) for row in rows]
+    assert [hash(m) for m in built] == [hash(Match(*row)) for row in rows]
+    assert [repr(m) for m in built] == [repr(Match(*row)) for row in rows]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built[0].start = 1  # type: ignore[misc]
+    terms = [("git", "git", 0, 3), ("push", "push", 4, 8)]
+    assert list(build_all(MatchedTerm, *zip(*terms, strict=True))) == [
+        MatchedTerm(*row) for row in terms
+    ]
+
+
+def test_bulk_building_falls_back_to_the_constructor_for_other_classes():
+    @dataclasses.dataclass(frozen=True)
+    class NoSlots:
+        a: int
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Checked:
+        a: int
+
+        def __post_init__(self) -> None:
+            if self.a < 0:
+                raise ValueError("negative")
+
+    assert list(build_all(NoSlots, [1, 2])) == [NoSlots(1), NoSlots(2)]
+    with pytest.raises(ValueError, match="negative"):
+        build_all(Checked, [1, -1])
