@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages conch's sandboxes and tests use. Safe to run again; needs root (or sudo).
 set -euo pipefail
-packages=(bubblewrap postgresql)
+# podman, runc, debootstrap: the docker backend's tests (podman's Docker-compatible API; the
+# image is built once per machine by scripts/build-sandbox-image.sh, about 2 minutes).
+# runsc: the gvisor backend (gVisor's user-space kernel, ptrace platform).
+packages=(bubblewrap postgresql podman runc debootstrap runsc)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -80,7 +80,10 @@ class LaunchSpec:
 
 class WorkerProcess(Protocol):
     """What the host controls of a running worker, whatever runs it (a child process, a
-    container, a VM): whether it has ended, waiting for that, and a hard stop."""
+    container, a VM): whether it has ended, waiting for that, and a hard stop.
+
+    It may also have an ``end_reason`` attribute (``str | None``): why it ended when no
+    keeper reported it (e.g. "the container was removed from outside"), read after ``wait``."""
 
     @property
     def pid(self) -> int | None:
@@ -195,15 +198,26 @@ class WorkerConnection:
         keeper: bool = False,
         log_path: Path | None = None,
         start_timeout_s: float = _START_TIMEOUT_S,
+        hello: bool = True,
     ) -> WorkerConnection:
         """Speak to a worker that is already running, once it says hello on the stream.
 
         Backends whose worker is not a plain child (a container, a VM, a restored
         checkpoint) connect the stream themselves and hand it over here. If no hello comes,
-        the worker is killed and the error quotes the tail of its log."""
+        the worker is killed and the error quotes the tail of its log. ``hello=False`` is for
+        a worker that said hello long ago (one restored from a checkpoint): a ping must be
+        answered instead."""
         connection = cls(reader, writer, process, keeper=keeper)
         try:
-            hello = await asyncio.wait_for(asyncio.shield(connection._hello), start_timeout_s)
+            if hello:
+                greeting = await asyncio.wait_for(
+                    asyncio.shield(connection._hello), start_timeout_s
+                )
+            else:
+                connection._hello.add_done_callback(_retrieve)  # no hello is awaited
+                greeting, _ = await asyncio.wait_for(
+                    connection.request({"op": "ping"}), start_timeout_s
+                )
         except (TimeoutError, WorkerDied, ProtocolError) as exc:
             await connection.kill()
             detail = _tail(log_path)
@@ -211,7 +225,7 @@ class WorkerConnection:
                 f"the sandbox worker did not start: {exc}."
                 + (f" Its log says: {detail}" if detail else "")
             ) from exc
-        connection.pid = hello.get("pid")
+        connection.pid = greeting.get("pid")
         return connection
 
     @property
@@ -327,6 +341,8 @@ class WorkerConnection:
             reason = f"the worker's channel failed: {exc}"
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.process.wait(), 5)
+        if self.exit_code is None:  # nobody reported how the worker ended: ask what ran it
+            reason = getattr(self.process, "end_reason", None) or reason
         self.death = WorkerDied(reason, self.exit_code)
         if not self._hello.done():
             self._hello.set_exception(self.death)
@@ -384,6 +400,11 @@ class WorkerConnection:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _widen_pipes(process: asyncio.subprocess.Process) -> None:

@@ -24,26 +24,29 @@ class BackendStatus:
 @dataclass(frozen=True)
 class _Backend:
     """Where a backend lives: its module (imported only when used), its environment class,
-    and the function that says whether it can run here (``() -> (works, reason)``)."""
+    and the function that says whether it can run here (``() -> (works, reason)``).
+    ``probe_options``: options of ``create`` that the probe takes too (e.g. an engine URL)."""
 
     module: str
     environment: str
     probe: str | None
     isolation: str
+    probe_options: tuple[str, ...] = ()
 
     def _attribute(self, name: str) -> Any:
         return getattr(importlib.import_module(f"conch.sandbox.{self.module}"), name)
 
-    def status(self) -> tuple[bool, str]:
+    def status(self, options: dict[str, Any] | None = None) -> tuple[bool, str]:
         if self.probe is None:
             return True, "always available; no isolation"
+        given = {k: v for k, v in (options or {}).items() if k in self.probe_options}
         try:
-            return self._attribute(self.probe)()
+            return self._attribute(self.probe)(**given)
         except ImportError as exc:  # an optional dependency (an SDK) is not installed
             return False, f"a package it needs is not installed: {exc}"
 
     def create(self, name: str, **options: Any) -> ExecutionEnvironment:
-        works, reason = self.status()
+        works, reason = self.status(options)
         if not works:
             raise SandboxUnavailableError(f"the {name} backend cannot run here: {reason}")
         return self._attribute(self.environment)(**options)
@@ -51,6 +54,13 @@ class _Backend:
 
 # Every backend conch knows, as `conch sandbox list` shows them.
 _BACKENDS: dict[str, _Backend] = {
+    "gvisor": _Backend(
+        "gvisor",
+        "GVisorEnvironment",
+        "gvisor_works",
+        "gVisor user-space kernel (runsc, ptrace): no network, read-only system, no "
+        "capabilities, full-memory snapshots",
+    ),
     "bwrap": _Backend(
         "bwrap",
         "BubblewrapEnvironment",
@@ -58,9 +68,30 @@ _BACKENDS: dict[str, _Backend] = {
         "namespaces, no capabilities, read-only system, no network",
     ),
     "local": _Backend("local", "LocalEnvironment", None, "none: code runs as the host user"),
+    "docker": _Backend(
+        "docker",
+        "DockerEnvironment",
+        "docker_works",
+        "a container per session: no network, read-only image, no capabilities, cgroup limits",
+        probe_options=("base_url", "image"),
+    ),
+    "firecracker": _Backend(
+        "firecracker",
+        "FirecrackerEnvironment",
+        "firecracker_works",
+        "a Firecracker microVM per session (KVM): no network device, read-only root disk",
+        probe_options=("kernel_image", "rootfs", "firecracker"),
+    ),
+    "e2b": _Backend(
+        "e2b",
+        "E2BEnvironment",
+        "e2b_works",
+        "an E2B cloud sandbox (Firecracker microVM) per session, no internet by default",
+        probe_options=("api_key",),
+    ),
 }
 # best_available() considers only backends that need no configuration, strongest first.
-_PREFERENCE = ("bwrap", "local")
+_PREFERENCE = ("gvisor", "bwrap", "local")
 
 
 def backend_names() -> list[str]:

@@ -264,6 +264,8 @@ def _digests_of(document: dict[str, Any]) -> Iterable[str]:
         yield entry[3]
     if document.get("files"):
         yield document["files"]["digest"]
+    # Blobs a backend adds of its own (a VM's memory and state files, say).
+    yield from document.get("extra_blobs", ())
 
 
 def _walk_blobs(root: Path) -> Iterator[Path]:

@@ -545,7 +545,7 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
             files_blob = self._snapshots.blob_path(manifest.data["files"]["digest"])
             steps = await asyncio.gather(
                 asyncio.to_thread(self._load_verified, manifest),
-                asyncio.to_thread(_files.unpack_beside, session.paths.work, files_blob),
+                asyncio.to_thread(self._unpack_files, session.paths.work, files_blob),
                 self._start_worker(session),
                 return_exceptions=True,
             )
@@ -580,6 +580,11 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
             restored=tuple(reply.get("restored", ())),
             failed=tuple(f"{name}: {why}" for name, why in reply.get("failed", ())),
         )
+
+    def _unpack_files(self, work: Path, archive: Path) -> Path:
+        """Unpack a snapshot's files into a staging directory beside ``work``; return it.
+        A backend whose sandbox user is not the host's adjusts ownership here."""
+        return _files.unpack_beside(work, archive)
 
     def _load_verified(self, manifest) -> bytes:
         snapshot_id = manifest.snapshot.id

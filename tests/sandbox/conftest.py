@@ -9,8 +9,9 @@ import pytest
 
 from conch import sandbox
 from conch.sandbox import ExecutionContext, ExecutionEnvironment, ExecutionResult
+from tests.sandbox._docker_engine import docker_engine  # noqa: F401 (a session fixture)
 
-BACKENDS = ["local", "bwrap"]
+BACKENDS = ["local", "bwrap", "docker", "gvisor"]
 
 
 def backend_skip_reason(name: str) -> str | None:
@@ -22,6 +23,8 @@ def backend_skip_reason(name: str) -> str | None:
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "docker":  # a private podman API service, DOCKER_HOST pointed at it
+        request.getfixturevalue("docker_engine")
     reason = backend_skip_reason(request.param)
     if reason:
         pytest.skip(reason)

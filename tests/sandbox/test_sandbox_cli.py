@@ -24,7 +24,7 @@ def test_list_reports_every_backend_as_the_registry_sees_it():
         assert listed[status.name]["reason"] == status.reason
 
 
-@pytest.mark.parametrize("name", ["local", "bwrap"])
+@pytest.mark.parametrize("name", ["local", "bwrap", "gvisor"])
 def test_check_passes_every_probe_on_a_working_backend(name):
     reason = backend_skip_reason(name)
     if reason:
@@ -34,7 +34,7 @@ def test_check_passes_every_probe_on_a_working_backend(name):
     assert result.exit_code == 0, report
     names = {probe["name"] for probe in report["probes"]}
     assert {"start and execute", "bash", "host callback", "snapshot round trip"} <= names
-    if name == "bwrap":
+    if name in ("bwrap", "gvisor"):
         assert {"no network", "system is read-only", "no capabilities"} <= names
 
 

@@ -6,6 +6,12 @@ which it moves to private descriptors at start-up so user code can neither read 
 corrupt the channel: fd 0 becomes /dev/null, and fds 1 and 2 point at per-execution
 capture files, so output of C extensions and child processes is captured too.
 
+Two config options change only the transport, never the protocol: ``"listen"``
+(``"vsock:PORT"`` or ``"unix:PATH"``) makes the channel a socket the host connects to, and a
+new connection is served with a new hello when one ends (the interpreter stays), which is how
+a VM's worker outlives the vsock reset of a snapshot; ``"channel": "text"`` sends frames as
+base64 lines for transports that carry text only (see ``protocol.TEXT_FRAME_PREFIX``).
+
 Threads: the main thread runs requests one at a time (user code runs there, so it can be
 interrupted with SIGINT); a reader thread receives frames, hands requests to the main thread,
 delivers callback replies, and turns an ``interrupt`` frame into SIGINT for the main thread.
@@ -53,9 +59,13 @@ class _NeedsDill(pickle.PicklingError):
 class Channel:
     """Frames in and out on two private file descriptors; sends are serialized."""
 
-    def __init__(self, read_fd: int, write_fd: int) -> None:
+    def __init__(self, read_fd: int, write_fd: int, *, text: bool = False, sock=None) -> None:
         self.read_fd = read_fd
         self.write_fd = write_fd
+        self.text = text
+        """Send frames as base64 lines (``protocol.encode_text_frame``); receive binary."""
+        self.sock = sock
+        """The connected socket when the channel is one (listen mode), kept open here."""
         self._reader = open(read_fd, "rb", buffering=256 * 1024, closefd=False)  # noqa: SIM115
         self._send_lock = threading.Lock()
         self.closed = False
@@ -66,9 +76,24 @@ class Channel:
         with self._send_lock:
             if self.closed:
                 raise OSError("the host channel is closed in this process")
+            if self.text:
+                self._write(protocol.encode_text_frame(b"".join((header, *body_parts))))
+                return
             self._write(header)
             for part in body_parts:
                 self._write(part)
+
+    def close(self) -> None:
+        """Close a socket channel for good (its peer went away): later sends fail."""
+        if self.sock is None:
+            return
+        try:
+            self.sock.shutdown(2)  # a send blocked on the old peer fails now
+        except OSError:
+            pass
+        with self._send_lock:
+            self.closed = True
+            self.sock.close()
 
     def _write(self, data) -> None:
         view = memoryview(data)
@@ -128,19 +153,59 @@ class Worker:
         sys.modules["__main__"] = self.main_module
         self.namespace = self.main_module.__dict__
         self.helper_names: set[str] = set()
+        # Random per worker process: a host that reconnects (after a VM snapshot was
+        # loaded, say) can tell whether it reached the same interpreter.
+        self.incarnation = os.urandom(16).hex()
+        self.text_frames = config.get("channel") == "text"
+        self.listener = _listen(config.get("listen"))
 
         self.channel = self._take_over_stdio()
 
     # --- set-up --------------------------------------------------------------------
 
     def _take_over_stdio(self) -> Channel:
-        read_fd = os.dup(0)  # non-inheritable: child processes never see the channel
-        write_fd = os.dup(1)
+        if self.listener is not None:  # listen mode: the channel is a socket the host opens
+            channel = self._accept()
+        else:
+            read_fd = os.dup(0)  # non-inheritable: child processes never see the channel
+            write_fd = os.dup(1)
+            channel = Channel(read_fd, write_fd, text=self.text_frames)
         self.devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(self.devnull, 0)
         os.dup2(self.devnull, 1)
         sys.stdin = io.TextIOWrapper(io.BytesIO(b""), encoding="utf-8")
-        return Channel(read_fd, write_fd)
+        return channel
+
+    def _accept(self) -> Channel:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+                break
+            except InterruptedError:
+                continue
+        return Channel(sock.fileno(), sock.fileno(), text=self.text_frames, sock=sock)
+
+    def _reconnect(self) -> None:
+        """Listen mode: the host's connection ended (a VM snapshot resets vsock links, or
+        the host reconnects); keep the interpreter and serve the next connection."""
+        self.channel.close()
+        with self.call_lock:  # callbacks waiting on the old connection get no reply
+            for slot in self.pending_calls.values():
+                slot[2] = "the connection to the host was reset during the call"
+                slot[0].set()
+        self.channel = self._accept()
+        self._send_hello()
+
+    def _send_hello(self) -> None:
+        self.channel.send(
+            {
+                "op": "hello",
+                "pid": self.pid,
+                "python": sys.version.split()[0],
+                "protocol": protocol.VERSION,
+                "incarnation": self.incarnation,
+            }
+        )
 
     def apply_limits(self) -> None:
         import resource
@@ -173,15 +238,29 @@ class Worker:
 
     def _after_fork_in_child(self) -> None:
         self.channel.close_in_child()
+        if self.listener is not None:
+            self.listener.close()
 
     # --- threads ---------------------------------------------------------------------
 
     def reader_loop(self) -> None:
+        while True:
+            self._read_channel()
+            if self.listener is None:
+                # The host is gone or spoke garbage: nothing more can be reported to anyone.
+                os._exit(0)
+            try:
+                self._reconnect()
+            except OSError as exc:
+                self._log(f"cannot accept a new host connection: {exc}")
+                os._exit(0)
+
+    def _read_channel(self) -> None:
         try:
             while True:
                 received = self.channel.receive()
                 if received is None:
-                    break
+                    return
                 message, body = received
                 op = message["op"]
                 if op == "ret":
@@ -195,8 +274,6 @@ class Worker:
             self._log(f"protocol error from host: {exc}")
         except OSError:
             pass
-        # The host is gone or spoke garbage: nothing more can be reported to anyone.
-        os._exit(0)
 
     def _log(self, text: str) -> None:
         try:
@@ -208,14 +285,7 @@ class Worker:
         self.log_fd = os.dup(2)
         os.dup2(self.devnull, 2)
         threading.Thread(target=self.reader_loop, name="conch-reader", daemon=True).start()
-        self.channel.send(
-            {
-                "op": "hello",
-                "pid": self.pid,
-                "python": sys.version.split()[0],
-                "protocol": protocol.VERSION,
-            }
-        )
+        self._send_hello()
         handlers = {
             "exec": self.do_exec,
             "command": self.do_command,
@@ -223,6 +293,10 @@ class Worker:
             "restore": self.do_restore,
             "define": self.do_define,
             "ping": self.do_ping,
+            "names": self.do_names,
+            "pack_files": self.do_pack_files,
+            "unpack_files": self.do_unpack_files,
+            "put_file": self.do_put_file,
         }
         while True:
             try:
@@ -348,7 +422,72 @@ class Worker:
     # --- requests -------------------------------------------------------------------------
 
     def do_ping(self, message: dict, body: bytes):
-        return {"pong": True, "pid": self.pid}, ()
+        return {"pong": True, "pid": self.pid, "incarnation": self.incarnation}, ()
+
+    def do_names(self, message: dict, body: bytes):
+        """The user's variable names (what a whole-memory snapshot kept), without pickling."""
+        names = [n for n in self.namespace if not (n.startswith("__") and n.endswith("__"))]
+        return {"names": sorted(names)}, ()
+
+    # --- files, for backends whose session directory is not on the host ---------------
+
+    def do_pack_files(self, message: dict, body: bytes):
+        """The session directory as an uncompressed tar (symlinks stay links)."""
+        import tarfile
+
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w|", format=tarfile.PAX_FORMAT) as archive:
+            for entry in sorted(os.listdir(self.cwd)):
+                archive.add(os.path.join(self.cwd, entry), arcname=entry, recursive=True)
+        return {"size": buffer.tell()}, (buffer.getbuffer(),)
+
+    def do_unpack_files(self, message: dict, body: bytes):
+        """Make the session directory hold exactly the tar in ``body``.
+
+        It is unpacked into a staging directory inside the session directory first (the
+        same file system, which may be a mount of its own), so a damaged archive changes
+        nothing; then the old entries are removed and the new ones renamed in."""
+        import shutil
+        import tarfile
+
+        staging_name = f".conch-restoring-{os.getpid()}"
+        staging = os.path.join(self.cwd, staging_name)
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
+        try:
+            with tarfile.open(fileobj=io.BytesIO(body), mode="r:") as archive:
+                if hasattr(tarfile, "data_filter"):  # refuses absolute paths, '..', bad links
+                    archive.extractall(staging, filter="data")
+                else:  # Python < 3.11.4 in the sandbox: the archive is the host's own
+                    archive.extractall(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        for entry in os.listdir(self.cwd):
+            if entry == staging_name:
+                continue
+            path = os.path.join(self.cwd, entry)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        entries = os.listdir(staging)
+        for entry in entries:
+            os.rename(os.path.join(staging, entry), os.path.join(self.cwd, entry))
+        os.rmdir(staging)
+        return {"entries": len(entries)}, ()
+
+    def do_put_file(self, message: dict, body: bytes):
+        """Write ``body`` to ``path`` atomically (an input the host puts in the session)."""
+        path = message["path"]
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        staging = path + ".partial"
+        with open(staging, "wb") as handle:
+            handle.write(body)
+        if message.get("mode") is not None:
+            os.chmod(staging, int(message["mode"]))
+        os.replace(staging, path)
+        return {"size": len(body)}, ()
 
     def do_exec(self, message: dict, body: bytes):
         self.cell_counter += 1
@@ -627,6 +766,30 @@ def _have_dill() -> bool:
     return _DILL_FOUND[0]
 
 
+def _listen(address):
+    """A listening socket for ``"vsock:PORT"`` (inside a VM: the host reaches it through
+    the hypervisor's vsock device) or ``"unix:PATH"``; ``None`` when not listening."""
+    if not address:
+        return None
+    import socket
+
+    kind, _, where = str(address).partition(":")
+    if kind == "vsock":
+        listener = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        listener.bind((socket.VMADDR_CID_ANY, int(where)))
+    elif kind == "unix":
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            os.unlink(where)
+        except FileNotFoundError:
+            pass
+        listener.bind(where)
+    else:
+        raise ValueError(f"cannot listen on {address!r}: use vsock:PORT or unix:PATH")
+    listener.listen(4)
+    return listener
+
+
 def _kill_group(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
@@ -663,6 +826,15 @@ def _run_keeper() -> None:
     os._exit(code & 0xFF)
 
 
+def _become(uid: int, gid: int) -> None:
+    """Drop to ``uid``/``gid`` (the keeper stays who it was, so user code cannot signal it).
+
+    Used where the keeper is the sandbox's init, whose death ends every process in it."""
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)  # from root to another user: every capability is dropped with it
+
+
 def main(argv: list[str]) -> None:
     config = json.loads(argv[1]) if len(argv) > 1 else {}
     for path in config.get("site_packages") or ():
@@ -670,6 +842,8 @@ def main(argv: list[str]) -> None:
             sys.path.append(path)
     if config.get("keeper"):
         _run_keeper()
+    if config.get("user"):
+        _become(*config["user"])
     if config.get("cwd"):
         os.chdir(config["cwd"])
     worker = Worker(config)

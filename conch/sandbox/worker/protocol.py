@@ -16,6 +16,8 @@ start with the magic, names another version, or claims an absurd length is a
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import struct
 
@@ -25,6 +27,27 @@ HEADER = struct.Struct("!4sBIQ")
 HEADER_SIZE = HEADER.size
 MAX_JSON_BYTES = 256 * 1024 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024 * 1024
+TEXT_FRAME_PREFIX = b"CNCH64 "
+"""Text mode (worker config ``"channel": "text"``), for transports that carry only text from
+the worker (E2B's process output is decoded as UTF-8): each frame the worker sends is one
+line, this prefix and the base64 of the frame's bytes. Lines without the prefix (a login
+shell's noise) are not frames. What the host sends stays binary."""
+
+
+def encode_text_frame(frame: bytes | memoryview) -> bytes:
+    """One frame's bytes as one text line."""
+    return TEXT_FRAME_PREFIX + base64.b64encode(frame) + b"\n"
+
+
+def decode_text_frame(line: bytes) -> bytes | None:
+    """The frame bytes of a text line, or ``None`` for a line that is not a frame."""
+    line = line.rstrip(b"\r\n")
+    if not line.startswith(TEXT_FRAME_PREFIX):
+        return None
+    try:
+        return base64.b64decode(line[len(TEXT_FRAME_PREFIX) :], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise FrameError(f"a text frame is not valid base64: {exc}") from None
 
 
 class FrameError(Exception):
