@@ -32,6 +32,7 @@ def _register_command_groups() -> None:
     from conch.cli import sandbox as sandbox_commands
     from conch.cli import session as session_commands
     from conch.cli import trace as trace_commands
+    from conch.cli._eval import app as eval_app
     from conch.cli.run import run_command
 
     app.add_typer(sandbox_commands.app, name="sandbox")
@@ -39,6 +40,7 @@ def _register_command_groups() -> None:
     app.add_typer(models_commands.app, name="models")
     app.add_typer(trace_commands.app, name="trace")
     app.add_typer(session_commands.app, name="session")
+    app.add_typer(eval_app, name="eval")
     app.command("run")(run_command)
 
 

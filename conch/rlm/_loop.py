@@ -33,6 +33,8 @@ from conch.rlm._parsing import (
     cut_at_fake_output,
     extract_code_blocks,
     find_plain_final,
+    names_a_value,
+    text_outside_code,
 )
 from conch.rlm._result import RLMResult
 from conch.rlm._trajectory import Trajectory, preview, usage_dict
@@ -51,6 +53,11 @@ _BEST_ANSWER_REASONS = frozenset(
         TerminationReason.SUB_CALL_BUDGET,
     }
 )
+
+# Small models write final(...) as often as FINAL(...): both work in code, as in plain text.
+_FINAL_ALIASES = "final = FINAL\nfinal_var = FINAL_VAR\n"
+# A FINAL beside code that reads one of these was given before the code found anything.
+_EMPTY_ANSWERS = frozenset({"", "none", "null", "[]", "{}", "()", "''", '""'})
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +213,7 @@ class Run:
             description = (await load_context(self.env, self.session_id, context)).describe()
         self.context_description = description
         await self.env.define_helpers(
-            self.session_id, HELPER_SOURCE + tool_source(self.settings.tools)
+            self.session_id, HELPER_SOURCE + _FINAL_ALIASES + tool_source(self.settings.tools)
         )
         settings = self.settings
         messages = self.messages
@@ -249,6 +256,12 @@ class Run:
                 failures_in_a_row += 1
             else:
                 outputs, failed, rejected = await self._run_cells(iteration, blocks)
+                if self.final is None and not rejected:
+                    refusal = await self._accept_final_beside_code(
+                        reply, iteration, len(blocks), failed
+                    )
+                    if refusal is not None:
+                        outputs.append(refusal)
                 if self.final is not None:
                     return TerminationReason.FINAL
                 if rejected:
@@ -355,6 +368,43 @@ class Run:
             iteration, 1, code, output=self._format_output(result), exit_code=result.exit_code
         )
         return self.final is not None
+
+    async def _accept_final_beside_code(
+        self, reply: str, iteration: int, cells: int, failed: int
+    ) -> str | None:
+        """A ``FINAL(x)`` written outside the code of a reply that has code.
+
+        The code runs first; then ``x`` is read in the REPL, and only if it names a value
+        there (``names_a_value``) that the reply's cells did not fail to compute. Returns
+        the note that tells the model why its FINAL was not taken, or None.
+        """
+        plain = find_plain_final(text_outside_code(reply))
+        if plain is None:
+            return None
+        expression = plain.value.strip() if plain.is_variable else plain.raw.strip()
+        if failed:
+            return _prompts.final_not_taken("a cell of this reply failed")
+        if not names_a_value(expression):
+            return _prompts.final_not_taken(
+                "outside code it must name a variable your code set, not a written-out value"
+            )
+        given: list[str] = []
+        functions = {
+            **self._host_functions,
+            "final": lambda payload: given.append(str(payload.get("answer", ""))),
+        }
+        code = f"FINAL({expression})"
+        result = await self._execute(code, functions)
+        shown = self._format_output(result)
+        self.trajectory.code_cell(
+            iteration, cells + 1, code, output=shown, exit_code=result.exit_code
+        )
+        if not result.ok or not given:
+            return _prompts.final_not_taken(f"{expression} could not be read: {shown}")
+        if given[-1].strip().lower() in _EMPTY_ANSWERS:
+            return _prompts.final_not_taken(f"{expression} is empty ({given[-1]!r})")
+        self._set_final(given[-1], "FINAL_after_code")
+        return None
 
     async def _ask_for_best_answer(self, reason: TerminationReason) -> None:
         """One last request, without code, when only this run's own limits were hit."""

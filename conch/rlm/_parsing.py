@@ -9,6 +9,7 @@ never ends, in which case the fence is a boundary after all).
 
 from __future__ import annotations
 
+import ast
 import io
 import re
 import tokenize
@@ -18,8 +19,11 @@ CODE_LANGUAGES = frozenset({"repl", "python", "python3", "py"})
 
 #: What the loop shows the model before each cell's output; the model must never write it.
 OUTPUT_FENCE = "```output"
-#: The model stops before writing a fake output block (and replies are cut there anyway).
-STOP_SEQUENCES: tuple[str, ...] = (OUTPUT_FENCE, "~~~output")
+#: The model stops before writing a fake output block (and replies are cut there anyway):
+#: the loop's own fence, its tilde twin, and the loop's "Output:" label over a plain fence,
+#: which small models write when they imitate the output they expect. (OpenAI-compatible
+#: APIs accept at most four stop sequences.)
+STOP_SEQUENCES: tuple[str, ...] = (OUTPUT_FENCE, "~~~output", "\nOutput:\n```")
 
 _OPENING = re.compile(r"^ {0,3}(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[A-Za-z0-9_+-]*)[^\n`]*$")
 _PLAIN_FINAL = re.compile(
@@ -43,6 +47,8 @@ class PlainFinal:
     value: str
     is_variable: bool
     """True for ``FINAL_VAR(name)``: the value is a variable name to read in the REPL."""
+    raw: str = ""
+    """What stood between the parentheses, quotes kept (``FINAL("x")`` is the string x)."""
 
 
 def cut_at_fake_output(text: str) -> str:
@@ -57,8 +63,22 @@ def cut_at_fake_output(text: str) -> str:
 
 def extract_code_blocks(text: str) -> list[CodeBlock]:
     """Every code block of the reply, in order."""
+    return [block for block, _, _ in _code_blocks_with_lines(text)]
+
+
+def text_outside_code(text: str) -> str:
+    """The reply without its code blocks (fences included): the prose around the code."""
     lines = text.split("\n")
-    blocks: list[CodeBlock] = []
+    inside: set[int] = set()
+    for _, first, last in _code_blocks_with_lines(text):
+        inside.update(range(first, last + 1))
+    return "\n".join(line for number, line in enumerate(lines) if number not in inside)
+
+
+def _code_blocks_with_lines(text: str) -> list[tuple[CodeBlock, int, int]]:
+    """Each code block with the indices of its opening and closing fence lines."""
+    lines = text.split("\n")
+    blocks: list[tuple[CodeBlock, int, int]] = []
     index = 0
     while index < len(lines):
         opening = _OPENING.match(lines[index])
@@ -69,7 +89,7 @@ def extract_code_blocks(text: str) -> list[CodeBlock]:
         body_start = index + 1
         end, closed = _find_closing(lines, body_start, fence)
         code = "\n".join(lines[body_start:end])
-        blocks.append(CodeBlock(code, opening["lang"].lower(), closed))
+        blocks.append((CodeBlock(code, opening["lang"].lower(), closed), index, end))
         index = end + 1
     return blocks
 
@@ -127,7 +147,43 @@ def find_plain_final(text: str) -> PlainFinal | None:
     match = matches[0]
     body = match["body"].strip()
     is_variable = match["kind"].upper() == "FINAL_VAR"
-    return PlainFinal(_unquote(body), is_variable)
+    return PlainFinal(_unquote(body), is_variable, body)
+
+
+def names_a_value(expression: str) -> bool:
+    """Whether ``expression`` reads a REPL variable: ``name``, ``name.attr``, ``name[0]``,
+    ``name["key"]``, ``name[-1]``, ``name[1:3]`` or ``name.method(1)``, chained; no value
+    written out, no function calls.
+
+    A ``FINAL(...)`` beside code is accepted only in this form, so its answer comes from
+    what the code computed, never from a value the model typed before seeing any output.
+    """
+    try:
+        node = ast.parse(expression.strip(), mode="eval").body
+    except (SyntaxError, ValueError):
+        return False
+    while isinstance(node, ast.Attribute | ast.Subscript | ast.Call):
+        if isinstance(node, ast.Call):  # a method with constant arguments: m.group(1)
+            if not isinstance(node.func, ast.Attribute) or node.keywords:
+                return False
+            if not all(_constant_index(argument) for argument in node.args):
+                return False
+            node = node.func
+            continue
+        if isinstance(node, ast.Subscript) and not _constant_index(node.slice):
+            return False
+        node = node.value
+    return isinstance(node, ast.Name)
+
+
+def _constant_index(node: ast.expr) -> bool:
+    if isinstance(node, ast.Slice):
+        return all(
+            part is None or _constant_index(part) for part in (node.lower, node.upper, node.step)
+        )
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        node = node.operand
+    return isinstance(node, ast.Constant) and isinstance(node.value, int | str)
 
 
 def _unquote(value: str) -> str:

@@ -13,7 +13,9 @@ a preview. Write Python in ```repl blocks. Each block runs in order, and you the
 output (cut after {max_output_chars:,} characters). Variables persist between blocks.
 
 Functions in the REPL:
-- llm_query(prompt) -> str: ask a language model; it can read about 100,000 characters.
+- llm_query(prompt) -> str: ask a language model; it can read about 100,000 characters. \
+It sees only the prompt you give it, so put the text it must read into the prompt. It is \
+slow and costly: use it to understand text you have found, not to search.
 - llm_query_batched(prompts) -> list[str]: many llm_query calls at once, much faster than a \
 loop. A failed item is a str starting with "Error:".
 - rlm_query(context, query) -> str: give a piece of context to a sub-agent that works like \
@@ -22,18 +24,37 @@ you, with its own REPL.{depth_note}
 - FINAL(value): give the final answer. FINAL_VAR("name"): the variable `name` is the answer.{tools}
 
 How to work:
-1. Look at `context` with code (print slices, lengths, structure) before you answer.
-2. Split big text into chunks, ask llm_query_batched about the chunks, then combine.
-3. Print only what you need to read; keep large results in variables.
-4. Stop after your code: never write its output yourself, it is shown to you.
-5. When you know the answer, call FINAL(...) or FINAL_VAR(...) in a ```repl block.
+1. Search first, with code. Pick the most distinctive term of the query: a name or an \
+identifier (like billing-gateway below) or a rare word. Search for that term alone, not \
+the words around it: the text may phrase those differently. Find it in `context` with \
+re.finditer or str.find, ignoring case; print how many matches there are and each match \
+with some text around it.
+2. Read the printed text. If it holds the answer, give it. If there were 0 matches, the \
+text does not write your term that way: search again for a shorter term (one word of \
+it), or print a few slices of `context` to see how it is written. Never answer with a \
+value that no output has shown you.
+3. Use llm_query only when the answer needs understanding (summaries, reasoning over many \
+parts): send it the passages you found, or chunks of `context` with llm_query_batched, \
+then combine.
+4. End your reply after a code block: its output is shown to you. Never write the output \
+yourself and never guess it.
+5. Give the answer with FINAL(...) in a ```repl block once you have seen it in an output: \
+only the value the query asks for, in the form it asks for.
 
-Example of a good block:
+Example. Query: "What is the port number for billing-gateway?" A good first block:
 ```repl
-chunks = [context[i:i + 50000] for i in range(0, len(context), 50000)]
-found = llm_query_batched([f"Quote every date in this text, or say NONE:\\n{{c}}" for c in chunks])
-dates = [f for f in found if "NONE" not in f]
-print(len(chunks), "chunks;", len(dates), "with dates:", dates[:3])
+import re
+term = "billing-gateway"  # the name alone, not the words around it
+hits = [m.start() for m in re.finditer(re.escape(term), context, re.IGNORECASE)]
+print(len(hits), "matches")
+for i in hits[:10]:
+    print(context[max(0, i - 200):i + 200].replace("\\n", " "))
+    print("---")
+```
+If it prints "0 matches", the next block searches again with term = "gateway". Once an \
+output shows "... the billing-gateway service listens on port 8443 ...", the next block is:
+```repl
+FINAL("8443")
 ```"""
 
 _DEPTH_NOTE_LEAF = " Here it is a plain llm_query: no deeper sub-agents are allowed."
@@ -70,8 +91,8 @@ def next_turn(outputs: Sequence[str], *, iteration: int, max_iterations: int) ->
     left = max_iterations - iteration
     return (
         "\n\n".join(outputs)
-        + f"\n\n({left} replies left.) Continue with a ```repl block, or call FINAL(...) "
-        "in one when you have the answer."
+        + f"\n\n({left} replies left.) If the output shows the answer, call FINAL(...) with it "
+        "in a ```repl block; if not, continue with a ```repl block."
     )
 
 
@@ -90,6 +111,16 @@ EMPTY_REPLY = (
     "Your reply was empty. Write Python in a ```repl block to examine `context`, or reply "
     "with FINAL(your answer)."
 )
+
+
+def final_not_taken(why: str) -> str:
+    """Shown after the outputs when a FINAL written beside code was not taken."""
+    return (
+        f"(Your FINAL(...) after the code was not taken: {why}. Read the output above; once "
+        "it shows the answer, call FINAL(...) in a ```repl block.)"
+    )
+
+
 SKIPPED_AFTER_FINAL = "(not run: the final answer was already given)"
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from conch.lm import OpenAIModel, RetryPolicy
 from conch.rlm import RLM, TerminationReason
+from conch.rlm._parsing import STOP_SEQUENCES
 from conch.testing._loopback import Reply
 
 
@@ -40,7 +41,8 @@ async def test_a_run_answers_through_a_real_http_server(openai_server, env):
     assert result.answer == "3 lines, forty-two"
     assert result.usage.total_tokens > 0
     root_requests = [r for r in openai_server.requests if r.messages[0]["role"] == "system"]
-    assert root_requests[0].body["stop"] == ["```output", "~~~output"]
+    assert root_requests[0].body["stop"] == list(STOP_SEQUENCES)
+    assert "```output" in STOP_SEQUENCES
 
 
 async def test_a_401_ends_the_run_with_model_error_naming_the_server(openai_server, env):
