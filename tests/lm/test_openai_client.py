@@ -252,7 +252,10 @@ async def test_a_hanging_server_times_out_and_is_retried(
     completion = await openai_model.complete(HELLO)
 
     assert completion.text == "ok"
-    assert completion.attempts == 2
+    # The hanging first attempt was retried. On a loaded machine a healthy attempt can
+    # also outlive the short test timeout, so count what the server saw, not exactly 2.
+    assert completion.attempts >= 2
+    assert len(openai_server.requests) == completion.attempts
 
 
 async def test_a_server_that_always_hangs_raises_connection_error(

@@ -367,7 +367,10 @@ async def test_a_hanging_server_times_out_and_is_retried(
     completion = await model.complete(HELLO)
 
     assert completion.text == "ok"
-    assert completion.attempts == 2
+    # Retried after the hang; under load a healthy attempt may also outlive the short
+    # test timeout, so the server's count is the truth, not exactly 2.
+    assert completion.attempts >= 2
+    assert len(openai_server.requests) == completion.attempts
 
 
 async def test_a_server_that_always_hangs_raises_connection_error(
