@@ -4,7 +4,8 @@ The context is loaded once into a sandbox session as the variable ``context``; t
 sees only its metadata. Each reply's ```repl / ```python blocks run in order and the model
 reads their output, cut at ``max_output_chars``. The answer comes from REPL state only:
 ``FINAL(value)``, ``FINAL_VAR("name")`` or ``answer = {"content": ..., "ready": True}``
-(a ``FINAL(...)`` in plain text counts only in a reply with no code). In the REPL,
+(a ``FINAL(name)`` written beside code is read from the REPL after the code ran; a
+written-out value counts only in a reply with no code). In the REPL,
 ``llm_query``, ``llm_query_batched``, ``rlm_query`` (a child run at depth + 1), ``SHOW_VARS``
 and user tools are served through the sandbox's host-callback channel, so every backend has
 them. One ``Budget`` ledger covers the whole call tree; a run ends with a

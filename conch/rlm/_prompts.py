@@ -32,14 +32,15 @@ with some text around it.
 2. Read the printed text. If it holds the answer, give it. If there were 0 matches, the \
 text does not write your term that way: search again for a shorter term (one word of \
 it), or print a few slices of `context` to see how it is written. Never answer with a \
-value that no output has shown you.
+value that no output has shown you and no code has computed.
 3. Use llm_query only when the answer needs understanding (summaries, reasoning over many \
 parts): send it the passages you found, or chunks of `context` with llm_query_batched, \
 then combine.
 4. End your reply after a code block: its output is shown to you. Never write the output \
 yourself and never guess it.
-5. Give the answer with FINAL(...) in a ```repl block once you have seen it in an output: \
-only the value the query asks for, in the form it asks for.
+5. Give the answer with FINAL(...) in a ```repl block once an output has shown it (or \
+FINAL(variable) for a value your code computed): only the value the query asks for, in \
+the form it asks for.
 
 Example. Query: "What is the port number for billing-gateway?" A good first block:
 ```repl
