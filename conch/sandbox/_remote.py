@@ -27,7 +27,6 @@ from conch.errors import (
     ConfigurationError,
     SandboxError,
     SnapshotError,
-    SnapshotSessionMismatchError,
 )
 from conch.sandbox._connection import WorkerConnection
 from conch.sandbox._snapshots import Manifest
@@ -148,24 +147,8 @@ class RemoteWorkerEnvironment(WorkerEnvironment):
     def _store(
         self, reply: dict, state: bytes, files: bytes, machine: dict[str, Any] | None
     ) -> dict[str, Any]:
-        view = memoryview(state)
-        names, offset = [], 0
-        for entry_name, fmt, length in reply["names"]:
-            digest = self._snapshots.put_blob(view[offset : offset + length])
-            names.append([entry_name, fmt, length, digest])
-            offset += length
-        files_digest = self._snapshots.put_blob(files)
-        data: dict[str, Any] = {
-            "backend": str(self.backend_type()),
-            "size": offset + len(files),
-            "state": {
-                "names": names,
-                "unpicklable": reply.get("unpicklable", []),
-                "env": reply.get("env", {}),
-                "cwd": reply.get("cwd"),
-            },
-            "files": {"digest": files_digest, "size": len(files)},
-        }
+        # The worker packed its files itself: they arrive as one blob, not a host directory.
+        data = self._manifest_data(reply, state, self._snapshots.put_blob(files), len(files))
         if machine is not None:
             blobs = machine.get("blobs") or {}
             data["machine"] = machine
@@ -173,26 +156,9 @@ class RemoteWorkerEnvironment(WorkerEnvironment):
             data["size"] += int(machine.get("size", 0))
         return data
 
-    async def restore_snapshot(
-        self, snapshot: SnapshotId | str, *, session_id: str | None = None
-    ) -> RestoreReport:
-        snapshot_id = snapshot.id if isinstance(snapshot, SnapshotId) else snapshot
-        manifest = self._snapshots.load(snapshot_id)
-        owner = manifest.snapshot.session_id
-        claimed = [session_id, snapshot.session_id if isinstance(snapshot, SnapshotId) else None]
-        for other in claimed:
-            if other is not None and other != owner:
-                raise SnapshotSessionMismatchError(
-                    f"snapshot {snapshot_id} belongs to session {owner!r}, not {other!r}: a "
-                    "snapshot can only be restored into its own session"
-                )
-        backend = manifest.data.get("backend")
-        if backend != str(self.backend_type()):
-            raise SnapshotError(
-                f"snapshot {snapshot_id} was made by the {backend!r} backend; restore it "
-                f"with that backend, not {str(self.backend_type())!r}"
-            )
-        session = self._session(owner)
+    async def _restore(self, manifest: Manifest) -> RestoreReport:
+        snapshot_id = manifest.snapshot.id
+        session = self._session(manifest.snapshot.session_id)
         async with session.lock:
             # Everything is read and checked first; the session is touched only at the end.
             state = await asyncio.to_thread(self._load_verified, manifest)

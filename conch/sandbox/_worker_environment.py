@@ -33,7 +33,7 @@ from conch.errors import (
 from conch.sandbox import _files
 from conch.sandbox._connection import LaunchSpec, SpillFiles, WorkerConnection, WorkerDied
 from conch.sandbox._environment import ExecutionEnvironment
-from conch.sandbox._snapshots import DEFAULT_MAX_SNAPSHOTS_PER_SESSION, SnapshotStore
+from conch.sandbox._snapshots import DEFAULT_MAX_SNAPSHOTS_PER_SESSION, Manifest, SnapshotStore
 from conch.sandbox._types import (
     Capability,
     ExecutionContext,
@@ -493,20 +493,31 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
             return self._snapshots.add(session_id, name, data)
 
     def _store_snapshot_data(self, session: _Session, reply: dict, body: bytes) -> dict:
-        view = memoryview(body)
+        files_digest, files_size = self._pack_files(session.paths.work)
+        return self._manifest_data(reply, body, files_digest, files_size)
+
+    def _pack_files(self, work: Path) -> tuple[str, int]:
+        """Tar the session's directory into one blob; returns its digest and size."""
+        writer = self._snapshots.new_blob()
+        try:
+            _files.pack_directory(work, writer)
+        except BaseException:
+            writer.discard()
+            raise
+        size = writer.size
+        return writer.commit(), size
+
+    def _manifest_data(
+        self, reply: dict, state: bytes | memoryview, files_digest: str, files_size: int
+    ) -> dict[str, Any]:
+        """A snapshot manifest: each pickled name of the worker's ``snapshot`` reply stored
+        as a blob of its own, beside the blob of the session's files."""
+        view = memoryview(state)
         names, offset = [], 0
         for name, fmt, length in reply["names"]:
             digest = self._snapshots.put_blob(view[offset : offset + length])
             names.append([name, fmt, length, digest])
             offset += length
-        writer = self._snapshots.new_blob()
-        try:
-            _files.pack_directory(session.paths.work, writer)
-        except BaseException:
-            writer.discard()
-            raise
-        files_size = writer.size
-        files_digest = writer.commit()
         return {
             "backend": str(self.backend_type()),
             "size": offset + files_size,
@@ -519,9 +530,9 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
             "files": {"digest": files_digest, "size": files_size},
         }
 
-    async def restore_snapshot(
-        self, snapshot: SnapshotId | str, *, session_id: str | None = None
-    ) -> RestoreReport:
+    def _manifest_to_restore(self, snapshot: SnapshotId | str, session_id: str | None) -> Manifest:
+        """The snapshot's manifest, refused unless it belongs to ``session_id`` (and to the
+        session a ``SnapshotId`` names) and was made by this backend."""
         snapshot_id = snapshot.id if isinstance(snapshot, SnapshotId) else snapshot
         manifest = self._snapshots.load(snapshot_id)
         owner = manifest.snapshot.session_id
@@ -538,7 +549,17 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
                 f"snapshot {snapshot_id} was made by the {backend!r} backend; restore it "
                 f"with that backend, not {str(self.backend_type())!r}"
             )
-        session = self._session(owner)
+        return manifest
+
+    async def restore_snapshot(
+        self, snapshot: SnapshotId | str, *, session_id: str | None = None
+    ) -> RestoreReport:
+        return await self._restore(self._manifest_to_restore(snapshot, session_id))
+
+    async def _restore(self, manifest: Manifest) -> RestoreReport:
+        """Put the manifest's session back into its saved state (the manifest is checked)."""
+        snapshot_id = manifest.snapshot.id
+        session = self._session(manifest.snapshot.session_id)
         async with session.lock:
             # Read and check everything, unpack the files beside the session and start the
             # new worker, all at once; the session is touched only when all three succeeded.

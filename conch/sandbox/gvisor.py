@@ -75,10 +75,10 @@ from conch.errors import (
     SandboxError,
     SandboxUnavailableError,
     SnapshotError,
-    SnapshotSessionMismatchError,
 )
 from conch.sandbox import _files
 from conch.sandbox._connection import _STREAM_LIMIT, WorkerConnection
+from conch.sandbox._snapshots import Manifest
 from conch.sandbox._types import BackendType, Capability, RestoreReport, SnapshotId
 from conch.sandbox._worker_environment import (
     WORKER_CAPABILITIES,
@@ -503,7 +503,7 @@ class GVisorEnvironment(WorkerEnvironment):
             session.connection = None
             # The files as they were at the checkpoint, before the resumed sandbox runs again.
             steps = await asyncio.gather(
-                asyncio.to_thread(self._store_files, session.paths.work),
+                asyncio.to_thread(self._pack_files, session.paths.work),
                 asyncio.to_thread(_store_image, self._snapshots, image_dir / _IMAGE_NAME),
                 return_exceptions=True,
             )
@@ -569,39 +569,18 @@ class GVisorEnvironment(WorkerEnvironment):
             f"({detail}); the session's variables were lost and the next call starts afresh"
         )
 
-    def _store_files(self, work: Path) -> tuple[str, int]:
-        writer = self._snapshots.new_blob()
-        try:
-            _files.pack_directory(work, writer)
-        except BaseException:
-            writer.discard()
-            raise
-        size = writer.size
-        return writer.commit(), size
-
     def _unpack_files(self, work: Path, archive: Path) -> Path:
         staging = _files.unpack_beside(work, archive)
         _give_to_sandbox_user(staging, recursive=True)
         return staging
 
-    async def restore_snapshot(
-        self, snapshot: SnapshotId | str, *, session_id: str | None = None
-    ) -> RestoreReport:
-        snapshot_id = snapshot.id if isinstance(snapshot, SnapshotId) else snapshot
-        manifest = self._snapshots.load(snapshot_id)
-        owner = manifest.snapshot.session_id
-        claimed = [session_id, snapshot.session_id if isinstance(snapshot, SnapshotId) else None]
-        for other in claimed:
-            if other is not None and other != owner:
-                raise SnapshotSessionMismatchError(
-                    f"snapshot {snapshot_id} belongs to session {owner!r}, not {other!r}: a "
-                    "snapshot can only be restored into its own session"
-                )
+    async def _restore(self, manifest: Manifest) -> RestoreReport:
+        snapshot_id = manifest.snapshot.id
         memory = manifest.data.get("memory")
-        session = self._session(owner)
+        session = self._session(manifest.snapshot.session_id)
         await self._settle_resume(session)
-        if memory is None or manifest.data.get("backend") != str(self.backend_type()):
-            return await super().restore_snapshot(snapshot, session_id=session_id)
+        if memory is None:
+            return await super()._restore(manifest)
         made_by, here = memory.get("runsc"), runsc_version(self.runsc_path)
         if made_by != here:
             raise SnapshotError(
