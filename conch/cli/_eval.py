@@ -18,10 +18,16 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from conch.cli._common import (
+    EXIT_BAD_INPUT,
+    EXIT_MODEL_ERROR,
+    BaseUrlOption,
+    ModelOption,
+    build_model,
+    fail,
+    model_spec,
+)
 from conch.errors import ConfigurationError, ModelError, SandboxUnavailableError
-
-EXIT_BAD_INPUT = 2
-EXIT_MODEL_ERROR = 4
 
 app = typer.Typer(
     help="Quality benchmarks: run conch's RLM on generated tasks and score the answers.",
@@ -36,16 +42,8 @@ def sniah_command(
         int, typer.Option("--length", min=1_000, help="Characters of each task's context.")
     ] = 100_000,
     seed: Annotated[int, typer.Option("--seed", help="Tasks come from this seed.")] = 0,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="NAME with --base-url, or provider:NAME (openai:, anthropic:, local:). "
-            "Default: the embedded local model."
-        ),
-    ] = None,
-    base_url: Annotated[
-        str | None, typer.Option("--base-url", help="An OpenAI-compatible API root (…/v1).")
-    ] = None,
+    model: ModelOption = None,
+    base_url: BaseUrlOption = None,
     variants: Annotated[
         str,
         typer.Option(help="Comma-separated: number, uuid, distractors (task i takes the i-th)."),
@@ -90,11 +88,7 @@ def sniah_command(
     from conch.bench import sniah
 
     errors = Console(stderr=True)
-    if model is None and base_url is None:
-        model = "local"  # the same default as `conch run`
-    elif model is None:
-        _fail(errors, "--base-url needs --model NAME: the model that server serves", EXIT_BAD_INPUT)
-    assert model is not None
+    model = model_spec(model, base_url, errors)
     chosen = tuple(v.strip() for v in variants.split(",") if v.strip())
     settings = sniah.SniahSettings(
         sandbox=sandbox,
@@ -116,7 +110,7 @@ def sniah_command(
                 f"use a comma-separated list of {', '.join(sniah.VARIANTS)}"
             )
         tasks = sniah.generate_tasks(n, length=length, seed=seed, variants=chosen)
-        lm = _build_model(model, base_url)
+        lm = build_model(model, base_url)
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             results_file = open(out, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
@@ -131,11 +125,11 @@ def sniah_command(
 
         records = asyncio.run(preflight_then_run())
     except (ConfigurationError, SandboxUnavailableError, OSError) as error:
-        _fail(errors, str(error), EXIT_BAD_INPUT)
+        fail(errors, str(error), EXIT_BAD_INPUT)
     except ModelError as error:
-        _fail(errors, str(error), EXIT_MODEL_ERROR)
+        fail(errors, str(error), EXIT_MODEL_ERROR)
     except KeyboardInterrupt:
-        _fail(errors, "cancelled" + (f"; finished tasks are in {out}" if out else ""), 130)
+        fail(errors, "cancelled" + (f"; finished tasks are in {out}" if out else ""), 130)
     finally:
         if results_file is not None:
             results_file.close()
@@ -166,14 +160,6 @@ def sniah_command(
     Console(soft_wrap=True).print(_report(config, summary))
     if out is not None:
         errors.print(f"per-task results: {out}", soft_wrap=True)
-
-
-def _build_model(spec: str, base_url: str | None):
-    from conch.lm import OpenAIModel, create_model
-
-    if base_url:
-        return OpenAIModel(spec.removeprefix("openai:"), base_url=base_url)
-    return create_model(spec)
 
 
 def _report(config: dict[str, Any], summary: dict[str, dict[str, Any]]) -> Group:
@@ -218,11 +204,6 @@ def _report(config: dict[str, Any], summary: dict[str, dict[str, Any]]) -> Group
 
 _SYSTEM_NAMES = {"rlm": "RLM", "baseline": "no RLM"}
 _SYSTEM_NOTES = {"baseline": " (the model asked directly, the context cut to its window)"}
-
-
-def _fail(console: Console, message: str, code: int) -> None:
-    console.print(Text(f"error: {message}", style="red"), soft_wrap=True)
-    raise typer.Exit(code)
 
 
 class _Progress:

@@ -22,6 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from conch.cli._common import EXIT_BAD_INPUT, EXIT_MODEL_ERROR, fail
 from conch.errors import ConfigurationError, ModelUnavailableError
 from conch.lm._weights import (
     CATALOG,
@@ -36,8 +37,6 @@ from conch.lm._weights import (
 app = typer.Typer(help="Download and inspect the embedded local models.", no_args_is_help=True)
 
 _EXIT_CHECK_FAILED = 1
-_EXIT_BAD_INPUT = 2
-_EXIT_MODEL_ERROR = 4
 
 
 @app.command("pull")
@@ -55,7 +54,7 @@ def pull_command(
     """Fetch NAME's weights, check their size and SHA-256, and keep them in $CONCH_HOME."""
     errors = Console(stderr=True)
     if name not in CATALOG:
-        _fail(errors, f"unknown model {name!r}; known models: {', '.join(CATALOG)}", 2)
+        fail(errors, f"unknown model {name!r}; known models: {', '.join(CATALOG)}", EXIT_BAD_INPUT)
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -74,9 +73,9 @@ def pull_command(
         with bar:
             result = pull(name, source=source, force=force, progress=show)  # type: ignore[arg-type]
     except ConfigurationError as error:
-        _fail(errors, str(error), _EXIT_BAD_INPUT)
+        fail(errors, str(error), EXIT_BAD_INPUT)
     except ModelUnavailableError as error:
-        _fail(errors, str(error), _EXIT_MODEL_ERROR)
+        fail(errors, str(error), EXIT_MODEL_ERROR)
     for note in result.notes:
         errors.print(f"[yellow]skipped[/] {escape(note)}", soft_wrap=True)
     if result.source == "cache":
@@ -130,8 +129,3 @@ def list_command(
 
 def _yes_no(value: bool) -> str:
     return "yes" if value else "no"
-
-
-def _fail(console: Console, message: str, code: int) -> None:
-    console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
-    raise typer.Exit(code)

@@ -24,13 +24,20 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from conch.cli._common import (
+    EXIT_BAD_INPUT,
+    EXIT_MODEL_ERROR,
+    BaseUrlOption,
+    ModelOption,
+    build_model,
+    fail,
+    model_spec,
+)
 from conch.errors import ConfigurationError, ModelError, SandboxUnavailableError, StoreError
 from conch.trace import JsonlTraceSink, MultiSink, RecordType, TraceRecord, TraceSink
 
 EXIT_ANSWERED = 0
-EXIT_BAD_INPUT = 2
 EXIT_NO_ANSWER = 3
-EXIT_MODEL_ERROR = 4
 
 
 def run_command(
@@ -39,16 +46,8 @@ def run_command(
         str | None,
         typer.Option("--context", "-c", help="A file or directory, or '-' for stdin."),
     ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="NAME with --base-url, or provider:NAME (openai:, anthropic:, local:). "
-            "Default: the embedded local model."
-        ),
-    ] = None,
-    base_url: Annotated[
-        str | None, typer.Option("--base-url", help="An OpenAI-compatible API root (…/v1).")
-    ] = None,
+    model: ModelOption = None,
+    base_url: BaseUrlOption = None,
     sub_model: Annotated[
         str | None, typer.Option("--sub-model", help="Model for sub-calls (default: --model).")
     ] = None,
@@ -95,10 +94,7 @@ def run_command(
     from conch.validate import terminal_escalation
 
     errors = Console(stderr=True)
-    if model is None and base_url is None:
-        model = "local"  # the embedded default; if it is missing the error names the install
-    elif model is None:
-        _fail(errors, "--base-url needs --model NAME: the model that server serves", EXIT_BAD_INPUT)
+    model = model_spec(model, base_url, errors)
     staged: Path | None = None
     try:
         if context == "-":
@@ -109,8 +105,8 @@ def run_command(
         if max_cost is not None and max_cost <= 0:
             raise ConfigurationError(f"--max-cost must be positive, not {max_cost}")
         validator = _build_validator(thesaurus, strictness)
-        root_model = _build_model(model, base_url)
-        child_model = _build_model(sub_model, base_url) if sub_model else None
+        root_model = build_model(model, base_url)
+        child_model = build_model(sub_model, base_url) if sub_model else None
         progress = _Progress(errors)
         sink: TraceSink = progress
         if trace is not None:
@@ -154,11 +150,11 @@ def run_command(
                 result = rlm.completion(context_value, query)
         sink.close()
     except (ConfigurationError, SandboxUnavailableError, StoreError) as error:
-        _fail(errors, str(error), EXIT_BAD_INPUT)
+        fail(errors, str(error), EXIT_BAD_INPUT)
     except ModelError as error:
-        _fail(errors, str(error), EXIT_MODEL_ERROR)
+        fail(errors, str(error), EXIT_MODEL_ERROR)
     except KeyboardInterrupt:
-        _fail(errors, "cancelled", 130)
+        fail(errors, "cancelled", 130)
     finally:
         if staged is not None:
             shutil.rmtree(staged.parent, ignore_errors=True)
@@ -181,7 +177,7 @@ def run_command(
         f" ({result.error})" if result.error else ""
     )
     code = EXIT_MODEL_ERROR if reason == "model_error" else EXIT_NO_ANSWER
-    _fail(errors, message, code)
+    fail(errors, message, code)
 
 
 def default_store_path() -> Path:
@@ -281,15 +277,6 @@ def _build_validator(thesaurus: Path | None, strictness: str | None):
     return KnowledgeGraphValidator(thesaurus, strictness or "normal")
 
 
-def _build_model(spec: str, base_url: str | None):
-    from conch.lm import OpenAIModel, create_model
-
-    if base_url:
-        name = spec.removeprefix("openai:")
-        return OpenAIModel(name, base_url=base_url)
-    return create_model(spec)
-
-
 def _stage_stdin() -> Path:
     """Stdin into a temporary file, in chunks, so any size streams into the sandbox."""
     directory = Path(tempfile.mkdtemp(prefix="conch-stdin-"))
@@ -300,11 +287,6 @@ def _stage_stdin() -> Path:
         shutil.rmtree(directory, ignore_errors=True)
         raise ConfigurationError("stdin was empty; pipe the context in, or use --context PATH")
     return target
-
-
-def _fail(console: Console, message: str, code: int) -> None:
-    console.print(Text(f"error: {message}", style="red"), soft_wrap=True)
-    raise typer.Exit(code)
 
 
 class _Progress:

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from conch.cli._common import EXIT_BAD_INPUT, fail
 from conch.errors import ConchError, ConfigurationError, NodeNotFoundError
 from conch.store import Node, NodeKind, SessionStore, SqliteSessionStore
 
@@ -143,7 +144,11 @@ def _with_store(path: Path | None, work: Callable[[SessionStore], Awaitable[_T]]
 
     location = path or default_store_path()
     if not location.exists():
-        _fail(f"no session store at {location}: run conch run --session NAME ... first")
+        fail(
+            _err,
+            f"no session store at {location}: run conch run --session NAME ... first",
+            EXIT_BAD_INPUT,
+        )
 
     async def main() -> _T:
         opened = await SqliteSessionStore.open(location)
@@ -155,8 +160,7 @@ def _with_store(path: Path | None, work: Callable[[SessionStore], Awaitable[_T]]
     try:
         return asyncio.run(main())
     except ConchError as error:
-        _fail(str(error))
-    raise AssertionError("unreachable")
+        fail(_err, str(error), EXIT_BAD_INPUT)
 
 
 def _resolve(session: str, wanted: str, nodes: list[Node]) -> Node:
@@ -224,8 +228,3 @@ def _node_line(node: Node, full: bool) -> Text:
     if node.snapshot_id:
         line.append("  [snapshot]", style="dim")
     return line
-
-
-def _fail(message: str) -> None:
-    _err.print(Text(f"error: {message}", style="red"), soft_wrap=True)
-    raise typer.Exit(2)
