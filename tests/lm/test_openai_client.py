@@ -1,4 +1,7 @@
-"""OpenAIModel against a real loopback server speaking the chat-completions protocol."""
+"""OpenAIModel against a real loopback server speaking the chat-completions protocol.
+
+The retry, timeout and error contract every transport shares is held once, for each
+transport, in test_openai_transports.py; this file covers the rest of the client."""
 
 from __future__ import annotations
 
@@ -12,11 +15,7 @@ import pytest
 from conch.errors import (
     ConfigurationError,
     ModelAuthError,
-    ModelBadRequestError,
     ModelConnectionError,
-    ModelError,
-    ModelNotFoundError,
-    ModelRateLimitError,
     ModelResponseError,
 )
 from conch.lm import LanguageModel, OpenAIModel, Price, PriceTable, RetryPolicy, Usage
@@ -115,66 +114,6 @@ async def test_official_endpoint_gets_max_completion_tokens() -> None:
     assert completion.usage == Usage()  # no usage in the answer: zeros, not a crash
 
 
-@pytest.mark.parametrize(
-    "reply", [Reply.null_content(), Reply(""), Reply(content=None, finish_reason="length")]
-)
-async def test_null_or_empty_content_is_an_empty_text(
-    openai_server: OpenAIServer, openai_model: OpenAIModel, reply: Reply
-) -> None:
-    openai_server.replies = [reply]
-
-    completion = await openai_model.complete(HELLO)
-
-    assert completion.text == ""
-    assert completion.finish_reason == reply.finish_reason
-
-
-@pytest.mark.parametrize(
-    ("reply", "says"),
-    [(Reply.no_choices(), "without any choice"), (Reply.garbage(), "not a chat completion")],
-)
-async def test_unusable_answers_raise_response_error_without_retrying(
-    openai_server: OpenAIServer, openai_model: OpenAIModel, reply: Reply, says: str
-) -> None:
-    openai_server.replies = [reply]
-
-    with pytest.raises(ModelResponseError, match=says) as caught:
-        await openai_model.complete(HELLO)
-
-    assert openai_server.base_url in str(caught.value)
-    assert len(openai_server.requests) == 1
-
-
-@pytest.mark.parametrize(
-    ("status", "error_type"),
-    [
-        (400, ModelBadRequestError),
-        (401, ModelAuthError),
-        (403, ModelAuthError),
-        (404, ModelNotFoundError),
-        (422, ModelBadRequestError),
-    ],
-)
-async def test_client_errors_fail_at_once_naming_endpoint_and_model(
-    openai_server: OpenAIServer,
-    openai_model: OpenAIModel,
-    sleep: RecordingSleep,
-    status: int,
-    error_type: type[ModelError],
-) -> None:
-    openai_server.replies = [Reply.error(status, "the provider's own words")]
-
-    with pytest.raises(error_type) as caught:
-        await openai_model.complete(HELLO)
-
-    message = str(caught.value)
-    assert openai_server.base_url in message
-    assert "'gpt-4o-mini'" in message
-    assert "the provider's own words" in message
-    assert len(openai_server.requests) == 1
-    assert sleep.waits == []
-
-
 async def test_auth_error_says_where_the_key_comes_from(
     openai_server: OpenAIServer, openai_model: OpenAIModel
 ) -> None:
@@ -205,33 +144,6 @@ async def test_429_is_retried_after_the_wait_the_server_asks_for(
     assert sleep.waits == [expected_wait]
 
 
-async def test_429_every_time_gives_up_after_max_attempts(
-    openai_server: OpenAIServer,
-    openai_model: OpenAIModel,
-    retry: RetryPolicy,
-    sleep: RecordingSleep,
-) -> None:
-    openai_server.replies = lambda _: Reply.error(429)
-
-    with pytest.raises(ModelRateLimitError, match=f"gave up after {retry.max_attempts} attempts"):
-        await openai_model.complete(HELLO)
-
-    assert len(openai_server.requests) == retry.max_attempts
-    assert sleep.waits == [0.5, 1.0]  # exponential backoff (jitter pinned to 0 by the fixture)
-
-
-@pytest.mark.parametrize("status", [500, 502, 503, 408])
-async def test_server_errors_are_retried(
-    openai_server: OpenAIServer, openai_model: OpenAIModel, status: int
-) -> None:
-    openai_server.queue_replies(Reply.error(status), Reply.error(status))
-
-    completion = await openai_model.complete(HELLO)
-
-    assert completion.text == "ok"
-    assert completion.attempts == 3
-
-
 async def test_500_every_time_raises_response_error(
     openai_server: OpenAIServer, openai_model: OpenAIModel, retry: RetryPolicy
 ) -> None:
@@ -242,43 +154,6 @@ async def test_500_every_time_raises_response_error(
 
     assert openai_server.base_url in str(caught.value)
     assert len(openai_server.requests) == retry.max_attempts
-
-
-async def test_a_hanging_server_times_out_and_is_retried(
-    openai_server: OpenAIServer, openai_model: OpenAIModel
-) -> None:
-    openai_server.queue_replies(Reply.hanging(5))
-
-    completion = await openai_model.complete(HELLO)
-
-    assert completion.text == "ok"
-    # The hanging first attempt was retried. On a loaded machine a healthy attempt can
-    # also outlive the short test timeout, so count what the server saw, not exactly 2.
-    assert completion.attempts >= 2
-    assert len(openai_server.requests) == completion.attempts
-
-
-async def test_a_server_that_always_hangs_raises_connection_error(
-    openai_server: OpenAIServer, openai_model: OpenAIModel, retry: RetryPolicy
-) -> None:
-    openai_server.replies = lambda _: Reply.hanging(5)
-
-    with pytest.raises(ModelConnectionError, match=r"did not answer within 0\.1 s") as caught:
-        await openai_model.complete(HELLO, timeout=0.1)  # the per-call timeout wins
-
-    assert openai_server.base_url in str(caught.value)
-    assert len(openai_server.requests) == retry.max_attempts
-
-
-async def test_a_dropped_connection_is_retried(
-    openai_server: OpenAIServer, openai_model: OpenAIModel
-) -> None:
-    openai_server.queue_replies(Reply.dropped())
-
-    completion = await openai_model.complete(HELLO)
-
-    assert completion.text == "ok"
-    assert completion.attempts == 2
 
 
 async def test_a_refused_connection_names_the_base_url(
