@@ -21,7 +21,14 @@ from conch.rlm._trajectory import Trajectory
 from conch.rlm._turn import TurnSetup
 from conch.sandbox import ExecutionEnvironment, Validator
 from conch.sandbox import create as create_sandbox
-from conch.trace import JsonlTraceSink, MultiSink, TraceContext, TraceSink, new_trace_id
+from conch.trace import (
+    JsonlTraceSink,
+    MultiSink,
+    TraceContext,
+    TraceLevel,
+    TraceSink,
+    new_trace_id,
+)
 from conch.validate import EscalationCallback, ValidationGate
 
 DEFAULT_MAX_OUTPUT_CHARS = 20_000
@@ -125,27 +132,14 @@ class RLM:
 
     async def acompletion(self, context: Context, query: str) -> RLMResult:
         """Answer ``query`` about ``context`` (see ``conch.rlm`` for what contexts become)."""
-        if not isinstance(query, str) or not query.strip():
-            raise ConfigurationError("the query is empty; ask a question about the context")
-        check_context(context)
-        env = self._environment()
-        sink, trace_path, owns_sink = self._open_trace()
         run_id = new_trace_id()
-        run = Run(
+        return await self._execute(
+            context,
+            query,
             self._settings,
-            env,
-            BudgetLedger(self.budget),
-            Trajectory(sink, TraceContext(run_id=run_id, session_id=f"rlm-{run_id}")),
-            run_id=run_id,
+            self.budget,
+            TraceContext(run_id=run_id, session_id=f"rlm-{run_id}"),
         )
-        try:
-            result = await run.execute(context, query)
-        finally:
-            if owns_sink and sink is not None:
-                sink.close()
-        if trace_path is None:
-            return result
-        return _with_trace_path(result, trace_path)
 
     async def arun_turn(self, context: Context, query: str, setup: TurnSetup) -> RLMResult:
         """One turn of a session that outlives it (what ``conch.runtime.Runtime`` calls).
@@ -157,9 +151,6 @@ class RLM:
         """
         if not isinstance(setup, TurnSetup):
             raise ConfigurationError(f"arun_turn needs a TurnSetup, got {type(setup).__name__}")
-        if not isinstance(query, str) or not query.strip():
-            raise ConfigurationError("the query is empty; ask a question about the context")
-        check_context(context)
         settings = self._settings
         if setup.extra_tools:
             tools = {**settings.tools, **setup.extra_tools}
@@ -167,28 +158,51 @@ class RLM:
             settings = replace(settings, tools=tools)
         if setup.max_iterations is not None:
             settings = replace(settings, max_iterations=setup.max_iterations)
-        trace_context = setup.trace_context or TraceContext(session_id=setup.session_id)
+        return await self._execute(
+            context,
+            query,
+            settings,
+            setup.budget or self.budget,
+            setup.trace_context or TraceContext(session_id=setup.session_id),
+            level=setup.trace_level,
+            extra_sink=setup.trace_sink,
+            turn=setup,
+        )
+
+    async def _execute(
+        self,
+        context: Context,
+        query: str,
+        settings: RunSettings,
+        budget: Budget,
+        trace_context: TraceContext,
+        *,
+        level: TraceLevel = TraceLevel.STANDARD,
+        extra_sink: TraceSink | None = None,
+        turn: TurnSetup | None = None,
+    ) -> RLMResult:
+        """Check the input, then run one root run, its records going to the RLM's trace
+        (and ``extra_sink``); a trace file the RLM opened is closed after the run."""
+        if not isinstance(query, str) or not query.strip():
+            raise ConfigurationError("the query is empty; ask a question about the context")
+        check_context(context)
         own_sink, trace_path, owns_sink = self._open_trace()
-        sinks = [s for s in (setup.trace_sink, own_sink) if s is not None]
+        sinks = [s for s in (extra_sink, own_sink) if s is not None]
         sink = sinks[0] if len(sinks) == 1 else MultiSink(sinks) if sinks else None
         try:
             run = Run(
                 settings,
                 self._environment(),
-                BudgetLedger(setup.budget or self.budget),
-                Trajectory(sink, trace_context, setup.trace_level),
+                BudgetLedger(budget),
+                Trajectory(sink, trace_context, level),
                 run_id=trace_context.run_id,
-                turn=setup,
+                turn=turn,
             )
             result = await run.execute(context, query)
         finally:
             if owns_sink and own_sink is not None:
                 own_sink.close()
         return result if trace_path is None else _with_trace_path(result, trace_path)
-
-    @property
-    def max_depth(self) -> int:
-        return self._settings.max_depth
 
     def system_prompt(self, *, extra_tools: Mapping[str, Callable[..., Any]] | None = None) -> str:
         """The default system prompt of this RLM's root runs (with ``extra_tools`` listed)."""
