@@ -94,6 +94,23 @@ class Usage:
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
 
+    def as_dict(self) -> dict[str, int]:
+        """The four counts by name, as traces and session nodes store them."""
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cached_tokens": self.cached_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Usage:
+        """Read back ``as_dict()`` (missing counts are 0; other keys are ignored)."""
+        return cls(**{name: int(data.get(name, 0)) for name in _USAGE_COUNTS})
+
+
+_USAGE_COUNTS = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
+
 
 @dataclass(frozen=True, slots=True)
 class Completion:

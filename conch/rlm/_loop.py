@@ -37,7 +37,7 @@ from conch.rlm._parsing import (
     text_outside_code,
 )
 from conch.rlm._result import RLMResult
-from conch.rlm._trajectory import Trajectory, preview, usage_dict
+from conch.rlm._trajectory import Trajectory, preview
 from conch.rlm._turn import RunHooks, TurnSetup
 from conch.sandbox import ExecutionContext, ExecutionEnvironment, ExecutionResult
 from conch.trace import new_trace_id
@@ -177,7 +177,7 @@ class Run:
                 answered=self.final is not None,
                 error=self.error,
                 duration_s=time.monotonic() - started,
-                tree_usage=usage_dict(self.ledger.usage),
+                tree_usage=self.ledger.usage.as_dict(),
                 tree_cost_usd=self.ledger.cost_usd,
             )
             await self._end_session()
@@ -527,7 +527,7 @@ class Run:
             model=completion.model,
             prompt=preview(prompt),
             reply=preview(completion.text),
-            usage=usage_dict(completion.usage),
+            usage=completion.usage.as_dict(),
             cost_usd=completion.cost_usd,
             duration_s=time.monotonic() - started,
         )

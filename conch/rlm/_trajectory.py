@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from conch.lm import Completion, Message, Usage
+from conch.lm import Completion, Message
 from conch.trace import RecordType, TraceContext, TraceLevel, TraceRecord, TraceSink
 
 _PREVIEW = 500
@@ -68,7 +68,7 @@ class Trajectory:
                 "model": completion.model,
                 "new_messages": delta,
                 "reply": reply,
-                "usage": _usage(completion.usage),
+                "usage": completion.usage.as_dict(),
                 "cost_usd": completion.cost_usd,
                 "latency_s": completion.latency_s,
                 "finish_reason": completion.finish_reason,
@@ -95,7 +95,7 @@ class Trajectory:
                     "model": completion.model,
                     "text": completion.text,
                     "finish_reason": completion.finish_reason,
-                    "usage": _usage(completion.usage),
+                    "usage": completion.usage.as_dict(),
                     "raw": _raw(completion.raw),
                 },
             )
@@ -136,16 +136,3 @@ def _raw(response: Any) -> Any:
 
 def preview(text: str, limit: int = _PREVIEW) -> str:
     return text if len(text) <= limit else text[:limit] + f"… ({len(text):,} chars)"
-
-
-def _usage(usage: Usage) -> dict[str, int]:
-    return {
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cached_tokens": usage.cached_tokens,
-        "reasoning_tokens": usage.reasoning_tokens,
-    }
-
-
-def usage_dict(usage: Usage) -> dict[str, int]:
-    return _usage(usage)

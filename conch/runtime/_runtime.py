@@ -594,12 +594,7 @@ class Runtime:
             termination_reason=str(result.termination_reason),
             failed=self.env.termination.turn_failed(answered=answered),
             iterations=result.iterations,
-            usage={
-                "input_tokens": result.usage.input_tokens,
-                "output_tokens": result.usage.output_tokens,
-                "cached_tokens": result.usage.cached_tokens,
-                "reasoning_tokens": result.usage.reasoning_tokens,
-            },
+            usage=result.usage.as_dict(),
             cost_usd=result.cost_usd,
             duration_s=duration_s,
             error=result.error,
@@ -609,7 +604,6 @@ class Runtime:
     async def _stored_result(self, stored: CommitResult) -> TurnResult:
         last = await self.graph.get_historic_node(stored.node_ids[-1])
         end = turn_end_of(last)
-        usage = end.usage or {}
         return TurnResult(
             answer=end.answer,
             termination_reason=end.termination_reason,
@@ -618,7 +612,7 @@ class Runtime:
             failed=end.failed,
             snapshot_id=last.snapshot_id,
             iterations=end.iterations,
-            usage=Usage(**{k: int(v) for k, v in usage.items() if k in _USAGE_FIELDS}),
+            usage=Usage.from_dict(end.usage or {}),
             cost_usd=end.cost_usd,
             duration_s=end.duration_s,
             error=end.error,
@@ -819,9 +813,6 @@ class Runtime:
                 return
             except Exception as error:  # a flaky store: the commit will tell
                 logger.warning("session %s: renewing the lease failed: %s", self.session_id, error)
-
-
-_USAGE_FIELDS = frozenset({"input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens"})
 
 
 def sandbox_session_id(session_id: str) -> str:
