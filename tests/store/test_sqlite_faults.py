@@ -259,8 +259,15 @@ async def test_both_durability_levels_commit(tmp_path: Path, synchronous: str) -
     store = await SqliteSessionStore.open(tmp_path / "store.db", synchronous=synchronous)
     await store.create_session("s1")
     lease = await store.acquire_lease("s1", "writer")
-    await store.commit_turn(lease, TurnCommit("t1", chain("s1", None, "user_input")))
+    nodes = chain("s1", None, "user_input")
+    await store.commit_turn(lease, TurnCommit("t1", nodes))
     await store.close()
+
+    reopened = await SqliteSessionStore.open(tmp_path / "store.db")
+    try:
+        assert [node.id for node in await reopened.load_active_path("s1")] == [nodes[0].id]
+    finally:
+        await reopened.close()
 
 
 async def test_an_unknown_durability_level_is_refused(tmp_path: Path) -> None:
