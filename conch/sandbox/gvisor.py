@@ -606,31 +606,39 @@ class GVisorEnvironment(WorkerEnvironment):
         image_dir = Path(tempfile.mkdtemp(prefix="restore-", dir=store.root / "tmp"))
         staging: Path | None = None
         connection: WorkerConnection | None = None
+        # Everything is checked before the session is touched. The image is hashed while
+        # runsc loads it (it is most of the bytes): the restored sandbox is not the
+        # session's until the end, so a damaged image only costs that sandbox.
+        check_image = asyncio.create_task(
+            asyncio.to_thread(store.verify_blob, memory["digest"], snapshot_id)
+        )
         try:
-            # Everything is checked (and the files staged) before the session is touched.
             steps = await asyncio.gather(
-                asyncio.to_thread(store.verify_blob, memory["digest"], snapshot_id),
                 asyncio.to_thread(store.verify_blob, files["digest"], snapshot_id),
                 asyncio.to_thread(
                     self._unpack_files, session.paths.work, store.blob_path(files["digest"])
                 ),
                 return_exceptions=True,
             )
-            if isinstance(steps[2], Path):
-                staging = steps[2]
+            if isinstance(steps[1], Path):
+                staging = steps[1]
             failure = next((step for step in steps if isinstance(step, BaseException)), None)
             if failure is not None:
                 raise failure
             _link_or_copy(store.blob_path(memory["digest"]), image_dir / _IMAGE_NAME)
             connection = await self._restore_container(session, image_dir, staging)
+            await check_image
             for source in session.helpers:  # helpers defined after the checkpoint, too
                 await self._define(connection, source)
             names = await _user_names(connection)
-        except BaseException:
+        except BaseException as error:
             if connection is not None:
                 await connection.kill()
             if staging is not None:
                 _files.discard(staging)
+            damage = await _damage_behind(check_image, error)
+            if damage is not None:
+                raise damage from None
             raise
         finally:
             shutil.rmtree(image_dir, ignore_errors=True)
@@ -922,6 +930,18 @@ async def _retire(connection: WorkerConnection | None, directory: Path) -> None:
         with contextlib.suppress(Exception):
             await connection.kill()
     await asyncio.to_thread(shutil.rmtree, directory, True)
+
+
+async def _damage_behind(check: asyncio.Task[None], error: BaseException) -> BaseException | None:
+    """The image check's failure, which explains ``error`` when there is one: a damaged or
+    missing image can make runsc (or the link to the image) fail before the check ends."""
+    if isinstance(error, asyncio.CancelledError):
+        # Not waited for (the hash goes on in its thread); its outcome is read, not lost.
+        check.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return None
+    if not check.done():
+        await asyncio.wait([check])
+    return None if check.cancelled() else check.exception()
 
 
 async def _user_names(connection: WorkerConnection) -> list[str]:
