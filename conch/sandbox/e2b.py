@@ -59,6 +59,8 @@ GUEST_INPUTS = "/home/user/inputs"
 GUEST_WORKER_DIR = f"{GUEST_BASE}/worker"
 _STDIN_CHUNK = 512 * 1024
 _STDIN_HIGH_WATER = 4 * 1024 * 1024
+_REATTACH_TIMEOUT_S = 30.0
+"""How long a resumed worker has to answer its first ping."""
 
 _CAPABILITIES = WORKER_CAPABILITIES | {
     Capability.PROCESS_ISOLATION,
@@ -425,15 +427,9 @@ class E2BEnvironment(RemoteWorkerEnvironment):
         handle = await sandbox.commands.connect(pid, on_stdout=frames.feed, timeout=0)
         writer = _StdinWriter(sandbox.commands, pid)
         process = _CommandProcess(handle, frames, writer, self._exit_error())
-        connection = WorkerConnection(frames.reader, writer, process)
-        # This worker said hello long ago: nobody waits for one (or for its failure).
-        connection._hello.add_done_callback(_retrieve)
-        try:
-            await asyncio.wait_for(connection.request({"op": "ping"}), 30)
-        except BaseException:
-            await connection.kill()
-            raise
-        return connection
+        return await WorkerConnection.attach(
+            frames.reader, writer, process, hello=False, start_timeout_s=_REATTACH_TIMEOUT_S
+        )
 
     def _exit_error(self) -> Any:
         return getattr(self._sdk, "CommandExitException", ())
@@ -615,11 +611,6 @@ class E2BEnvironment(RemoteWorkerEnvironment):
             return
         await super().cleanup()
         await asyncio.gather(*(self._kill_box(sid) for sid in list(self._boxes)))
-
-
-def _retrieve(future: asyncio.Future) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 def _session_id_ok(session_id: str) -> bool:
