@@ -21,6 +21,18 @@ ModelOption = Annotated[
 BaseUrlOption = Annotated[
     str | None, typer.Option("--base-url", help="An OpenAI-compatible API root (…/v1).")
 ]
+SandboxOption = Annotated[
+    str, typer.Option(help="Sandbox backend: best, or a name from 'conch sandbox list'.")
+]
+TransportOption = Annotated[
+    str | None,
+    typer.Option(
+        "--transport",
+        help="How requests to an OpenAI-compatible server are sent: sdk (the official SDK, "
+        "the default), httpx, or aiohttp (the leanest on host CPU, for wide llm_query_batched "
+        "fan-outs; pip install 'conch[fast]').",
+    ),
+]
 
 
 def model_spec(model: str | None, base_url: str | None, errors: Console) -> str:
@@ -33,12 +45,17 @@ def model_spec(model: str | None, base_url: str | None, errors: Console) -> str:
     return "local"
 
 
-def build_model(spec: str, base_url: str | None):
+def build_model(spec: str, base_url: str | None, transport: str | None = None):
+    """The model ``spec`` names; with ``base_url``, always the OpenAI-compatible client.
+    Raises ``ConfigurationError`` for a spec or transport that does not fit."""
     from conch.lm import OpenAIModel, create_model
 
     if base_url:
-        return OpenAIModel(spec.removeprefix("openai:"), base_url=base_url)
-    return create_model(spec)
+        name = spec.removeprefix("openai:")
+        if transport is None:
+            return OpenAIModel(name, base_url=base_url)
+        return OpenAIModel(name, base_url=base_url, transport=transport)  # type: ignore[arg-type]
+    return create_model(spec, transport=transport)  # type: ignore[arg-type]
 
 
 def fail(console: Console, message: str, code: int) -> NoReturn:

@@ -23,6 +23,7 @@ from conch.cli._common import (
     EXIT_MODEL_ERROR,
     BaseUrlOption,
     ModelOption,
+    SandboxOption,
     build_model,
     fail,
     model_spec,
@@ -69,7 +70,7 @@ def sniah_command(
     trace_dir: Annotated[
         Path | None, typer.Option("--trace-dir", help="Write each RLM task's trace here.")
     ] = None,
-    sandbox: Annotated[str, typer.Option(help="Sandbox backend: best, bwrap, local.")] = "best",
+    sandbox: SandboxOption = "best",
     max_iterations: Annotated[int, typer.Option("--max-iterations", min=1)] = 10,
     task_timeout: Annotated[
         float, typer.Option("--task-timeout", min=1, help="Seconds each RLM task may take.")

@@ -29,6 +29,8 @@ from conch.cli._common import (
     EXIT_MODEL_ERROR,
     BaseUrlOption,
     ModelOption,
+    SandboxOption,
+    TransportOption,
     build_model,
     fail,
     model_spec,
@@ -48,10 +50,11 @@ def run_command(
     ] = None,
     model: ModelOption = None,
     base_url: BaseUrlOption = None,
+    transport: TransportOption = None,
     sub_model: Annotated[
         str | None, typer.Option("--sub-model", help="Model for sub-calls (default: --model).")
     ] = None,
-    sandbox: Annotated[str, typer.Option(help="Sandbox backend: best, bwrap, local.")] = "best",
+    sandbox: SandboxOption = "best",
     max_depth: Annotated[int, typer.Option("--max-depth", min=0)] = 1,
     max_iterations: Annotated[int, typer.Option("--max-iterations", min=1)] = 30,
     max_cost: Annotated[
@@ -105,8 +108,8 @@ def run_command(
         if max_cost is not None and max_cost <= 0:
             raise ConfigurationError(f"--max-cost must be positive, not {max_cost}")
         validator = _build_validator(thesaurus, strictness)
-        root_model = build_model(model, base_url)
-        child_model = build_model(sub_model, base_url) if sub_model else None
+        root_model = build_model(model, base_url, transport)
+        child_model = build_model(sub_model, base_url, transport) if sub_model else None
         progress = _Progress(errors)
         sink: TraceSink = progress
         if trace is not None:

@@ -113,6 +113,37 @@ def test_a_base_url_without_a_model_is_bad_input(cli, openai_server):
     assert "--base-url needs --model NAME" in result.stderr
 
 
+@pytest.mark.parametrize("transport", ["sdk", "httpx", "aiohttp"])
+def test_run_sends_through_the_transport_it_is_given(cli, openai_server, context_file, transport):
+    openai_server.replies = counting_errors
+    result = cli(*run_args(openai_server, context_file, "--transport", transport))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "2 errors"
+    # Only the official SDK sends its x-stainless-* headers; the lean transports do not.
+    from_sdk = {"x-stainless-lang" in request.headers for request in openai_server.requests}
+    assert from_sdk == {transport == "sdk"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--transport", "carrier-pigeon"], "unknown transport 'carrier-pigeon'"),
+        (["--model", "local", "--transport", "aiohttp"], "apply to OpenAI-compatible models"),
+    ],
+)
+def test_a_transport_that_does_not_fit_is_bad_input(
+    cli, openai_server, context_file, args, message
+):
+    if "--model" in args:  # no --base-url: the model spec alone decides the provider
+        argv = ["run", *args, "--context", str(context_file), "q"]
+    else:
+        argv = run_args(openai_server, context_file, *args)
+    result = cli(*argv)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.stderr.split())
+    assert not openai_server.requests
+
+
 def test_a_provider_refusing_the_key_exits_4_naming_the_url(cli, openai_server, context_file):
     openai_server.api_key = "secret"
     result = cli(*run_args(openai_server, context_file))
