@@ -7,7 +7,9 @@ from the same syllables, so unknown words often *contain* known terms: the hard 
 boundaries. Targets from issue 6: matcher build < 2 s, 1 KB p50 < 50 µs, 1 MB < 20 ms. It
 also times the floor under any pyahocorasick matcher: the automaton's bare walk over the
 text (pyahocorasick does it in C; on 1 MB its memory traffic over a 100,000-term trie alone
-exceeds the 1 MB target).
+exceeds the 1 MB target). Two peers frame that floor: the same walk by the Rust
+``aho-corasick`` crate (``ahocorasick_rs``, installed by ``pip install 'conch[bench]'``) and
+``str.split()`` of the 1 MB text, the least that anything reading every word from Python does.
 
     python benchmarks/validate.py [--quick] [--terms N] [--output PATH]
 """
@@ -70,6 +72,17 @@ def timed(function, repeat: int) -> list[float]:
     return samples
 
 
+def rust_peer_scan(keys: list[str], text: str, repeat: int) -> list[float] | None:
+    """The bare scan by the Rust crate over the same keys and text: every raw hit, overlapping,
+    handed to Python as pyahocorasick's walk does. None when ``ahocorasick_rs`` is absent."""
+    try:
+        import ahocorasick_rs
+    except ImportError:
+        return None
+    peer = ahocorasick_rs.AhoCorasick(keys)
+    return timed(lambda: peer.find_matches_as_indexes(text, overlapping=True), repeat)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -101,6 +114,8 @@ def main() -> None:
     # text's key, every raw hit handed to Python and dropped (measured for 1 KB above too).
     key = ascii_boundary_key(megabyte)
     scan = timed(lambda: deque(automaton.iter(key), maxlen=0), large_repeat)
+    rust_scan = rust_peer_scan(list(automaton.keys()), key, large_repeat)
+    split = timed(megabyte.split, large_repeat)
     result = validator.validate(command, "command")
     word = result.unknown[0]
     suggest = timed(lambda: validator._suggester.suggest(word), 5 if args.quick else 20)
@@ -116,6 +131,8 @@ def main() -> None:
         "validate_1mb_ms": statistics.median(large) * 1e3,
         "match_1mb_ms": statistics.median(matcher_only) * 1e3,
         "automaton_scan_1mb_ms": statistics.median(scan) * 1e3,
+        "peer_rust_scan_1mb_ms": statistics.median(rust_scan) * 1e3 if rust_scan else None,
+        "peer_str_split_1mb_ms": statistics.median(split) * 1e3,
         "validate_1mb_matches": len(validator.validate(megabyte).matched),
         "suggest_one_word_ms": statistics.median(suggest) * 1e3,
     }
@@ -136,6 +153,12 @@ def main() -> None:
     print(
         f"  floor: the bare automaton scan takes {f['automaton_scan_1kb_p50_us']:.1f} µs "
         f"of the 1 KB and {f['automaton_scan_1mb_ms']:.1f} ms of the 1 MB"
+    )
+    rust = f["peer_rust_scan_1mb_ms"]
+    print(
+        "  peers on the 1 MB: the Rust aho-corasick scan "
+        + (f"{rust:.1f} ms" if rust is not None else "not run (pip install 'conch[bench]')")
+        + f"; str.split() {f['peer_str_split_1mb_ms']:.1f} ms"
     )
     print(f"suggest 1 word:  {f['suggest_one_word_ms']:8.2f} ms  (computed lazily, on read)")
     for name, target in TARGETS.items():
