@@ -259,6 +259,11 @@ class LocalModel:
     def model(self) -> str:
         return self._name
 
+    @property
+    def context_window_tokens(self) -> int:
+        """Prompt and reply together: llama.cpp refuses a prompt that leaves no room."""
+        return self.settings.n_ctx
+
     def __repr__(self) -> str:
         return f"LocalModel({self._name!r}, path={str(self.path)!r})"
 

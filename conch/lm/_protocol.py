@@ -15,6 +15,11 @@ class LanguageModel(Protocol):
     Implementations are safe to call from many asyncio tasks at once; they hold no
     per-call state. ``aclose`` releases what the model owns (connections it created),
     never what it was lent (a shared HTTP client).
+
+    A model that knows how many tokens it can read may also say so in an attribute
+    ``context_window_tokens`` (an int); the RLM then tells the root model how much text an
+    ``llm_query`` on it can take. It is optional: read it with ``getattr(model,
+    "context_window_tokens", None)``.
     """
 
     @property

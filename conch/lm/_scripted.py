@@ -43,14 +43,21 @@ class ScriptedModel:
     """
 
     def __init__(
-        self, replies: Sequence[ScriptedReply] | ReplyFunction, *, model: str = "scripted"
+        self,
+        replies: Sequence[ScriptedReply] | ReplyFunction,
+        *,
+        model: str = "scripted",
+        context_window_tokens: int | None = None,
     ):
+        """``context_window_tokens``: the window to claim (see ``LanguageModel``), for tests
+        of what a small model is told; None claims none."""
         if isinstance(replies, str) or not (callable(replies) or isinstance(replies, Sequence)):
             raise ConfigurationError(
                 "ScriptedModel takes a list of replies or a function of the messages, "
                 f"not {type(replies).__name__} (wrap a single reply in a list)"
             )
         self._model = model
+        self.context_window_tokens = context_window_tokens
         self._replies = replies
         self._next = 0
         self._lock = threading.Lock()  # calls may come from several threads' event loops

@@ -84,6 +84,9 @@ def system_prompt_for(settings: RunSettings, *, can_recurse: bool) -> str:
         max_output_chars=settings.max_output_chars,
         can_recurse=can_recurse,
         tool_lines=describe_tools(settings.tools),
+        sub_call_chars=_prompts.sub_call_chars(
+            getattr(settings.sub_model, "context_window_tokens", None)
+        ),
     )
 
 

@@ -13,7 +13,8 @@ a preview. Write Python in ```repl blocks. Each block runs in order, and you the
 output (cut after {max_output_chars:,} characters). Variables persist between blocks.
 
 Functions in the REPL:
-- llm_query(prompt) -> str: ask a language model; it can read about 100,000 characters. \
+- llm_query(prompt) -> str: ask a language model; it can read about {sub_call_chars:,} \
+characters. \
 It sees only the prompt you give it, so put the text it must read into the prompt. It is \
 slow and costly: use it to understand text you have found, not to search.
 - llm_query_batched(prompts) -> list[str]: many llm_query calls at once, much faster than a \
@@ -61,14 +62,36 @@ FINAL("8443")
 _DEPTH_NOTE_LEAF = " Here it is a plain llm_query: no deeper sub-agents are allowed."
 
 
+DEFAULT_SUB_CALL_CHARS = 100_000
+"""What the prompt says ``llm_query`` reads when the sub-model does not state its window."""
+_CHARS_PER_TOKEN = 3  # on the low side for English and code, so the prompt under-promises
+_REPLY_TOKENS = 1_024  # room the sub-model keeps for its reply
+
+
+def sub_call_chars(context_window_tokens: int | None) -> int:
+    """About how many characters a prompt to a model with this window may hold, rounded
+    down to a thousand (or to a hundred for a tiny window)."""
+    if context_window_tokens is None:
+        return DEFAULT_SUB_CALL_CHARS
+    tokens = max(context_window_tokens - _REPLY_TOKENS, context_window_tokens // 2)
+    chars = tokens * _CHARS_PER_TOKEN
+    step = 1_000 if chars >= 10_000 else 100
+    return max(step, chars // step * step)
+
+
 def system_prompt(
-    *, max_output_chars: int, can_recurse: bool, tool_lines: Sequence[str] = ()
+    *,
+    max_output_chars: int,
+    can_recurse: bool,
+    tool_lines: Sequence[str] = (),
+    sub_call_chars: int = DEFAULT_SUB_CALL_CHARS,
 ) -> str:
     tools = "".join(f"\n- {line}" for line in tool_lines)
     if tools:
         tools = "\nTools:" + tools
     return _SYSTEM.format(
         max_output_chars=max_output_chars,
+        sub_call_chars=sub_call_chars,
         depth_note="" if can_recurse else _DEPTH_NOTE_LEAF,
         tools=tools,
     )

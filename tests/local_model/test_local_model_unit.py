@@ -170,6 +170,11 @@ def gguf(tmp_path: Path) -> Path:
 HELLO = [{"role": "user", "content": "say something"}]
 
 
+def test_the_window_it_states_is_the_one_llama_cpp_is_given(gguf: Path) -> None:
+    assert LocalModel(gguf).context_window_tokens == LocalModel(gguf).settings.n_ctx == 8192
+    assert LocalModel(gguf, n_ctx=4096).context_window_tokens == 4096
+
+
 async def test_a_completion_carries_text_usage_and_zero_cost(gguf: Path) -> None:
     model = LocalModel(gguf)
     completion = await model.complete(HELLO, max_tokens=3, temperature=0.0)

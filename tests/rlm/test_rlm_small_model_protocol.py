@@ -171,6 +171,19 @@ def test_the_system_prompt_keeps_its_parameters():
     assert "Tools:\n- lookup(k)" in prompt
 
 
+@pytest.mark.parametrize(
+    ("window", "promised"),
+    [(None, "100,000"), (32_768, "95,000"), (8_192, "21,000"), (2_048, "3,000")],
+)
+def test_the_prompt_promises_llm_query_only_what_the_sub_model_can_read(window, promised):
+    root = ScriptedModel([], context_window_tokens=1_000_000)  # the root's window is not it
+    sub = ScriptedModel([], context_window_tokens=window)
+    prompt = " ".join(RLM(root, sub, sandbox="local").system_prompt().split())
+    assert f"llm_query(prompt) -> str: ask a language model; it can read about {promised} " in (
+        prompt
+    )
+
+
 def test_the_prompt_steers_to_searching_with_code_before_sub_calls():
     prompt = system_prompt(max_output_chars=4000, can_recurse=True)
     search, sub_calls = prompt.index("Search first, with code"), prompt.index("Use llm_query only")
