@@ -45,6 +45,8 @@ logger = logging.getLogger("conch.sandbox")
 class RemoteWorkerEnvironment(WorkerEnvironment):
     """A :class:`WorkerEnvironment` whose session directory is reached through the worker."""
 
+    shares_session_directories = False  # the host cannot see them: state goes by the channel
+
     # --- what a machine-snapshotting backend adds ----------------------------------------
 
     async def _save_machine(self, session: _Session) -> dict[str, Any] | None:

@@ -2,6 +2,16 @@
 
 A backend subclasses :class:`WorkerEnvironment` and says only how its worker is started and
 isolated (:meth:`WorkerEnvironment._launch_spec`), what it can do, and how it is named.
+
+Interpreter snapshots: the worker pickles its names one by one and the host files each as a
+blob of the snapshot store. Where the worker sees the host's session directories
+(:attr:`WorkerEnvironment.shares_session_directories`), those bytes go through a file, far
+faster than some channels (an engine's attach stream): the worker writes them to a file the
+host names in the scratch directory, and reads them on restore from a copy the host puts in the
+inputs directory (read-only inside). The sandbox can write the scratch file, so the host opens
+it without following links, takes only a regular file of exactly the size the reply claims,
+copies that many bytes into the store and removes it. If the worker cannot write or read its
+file, the state goes over the channel.
 """
 
 from __future__ import annotations
@@ -14,14 +24,16 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
+import stat
 import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from conch.errors import (
     ConfigurationError,
@@ -43,6 +55,7 @@ from conch.sandbox._types import (
     ValidationResult,
     Validator,
 )
+from conch.sandbox.worker import protocol
 
 logger = logging.getLogger("conch.sandbox")
 
@@ -132,6 +145,10 @@ class _Session:
 
 class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
     """An ``ExecutionEnvironment`` whose sessions each run one worker process."""
+
+    shares_session_directories: ClassVar[bool] = False
+    """The worker sees the host's session directories themselves (the host's own file system
+    or bind mounts of it), so snapshot state goes through a file in them, not the channel."""
 
     def __init__(
         self,
@@ -486,15 +503,40 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
         async with session.lock:
             self._snapshots.check_can_add(session_id, name)
             connection = await self._ensure_worker(session)
-            reply, body = await connection.request({"op": "snapshot"})
-            if "error" in reply:
-                raise SnapshotError(f"the worker could not save its state: {reply['error']}")
-            data = await asyncio.to_thread(self._store_snapshot_data, session, reply, body)
+            message: dict[str, Any] = {"op": "snapshot"}
+            state_file = opened = None
+            if self.shares_session_directories:
+                state_file = f".conch-snapshot-{secrets.token_hex(8)}"
+                message["state_path"] = f"{self._worker_paths(session)[1]}/{state_file}"
+            try:
+                reply, body = await connection.request(message)
+                if "error" in reply:
+                    raise SnapshotError(f"the worker could not save its state: {reply['error']}")
+                state: bytes | _StateFile = body
+                if state_file is not None and reply.get("state_file"):
+                    state = opened = await asyncio.to_thread(
+                        _StateFile.open, session.paths.scratch, state_file, _state_length(reply)
+                    )
+                elif "state_file_error" in reply:
+                    logger.info(
+                        "session %s: the worker sent its state over the channel, as it could "
+                        "not write its state file (%s)",
+                        session_id,
+                        reply["state_file_error"],
+                    )
+                data = await asyncio.to_thread(self._store_snapshot_data, session, reply, state)
+            finally:
+                if opened is not None:
+                    opened.close()
+                if state_file is not None:
+                    await asyncio.to_thread(_remove_state_file, session.paths.scratch, state_file)
             return self._snapshots.add(session_id, name, data)
 
-    def _store_snapshot_data(self, session: _Session, reply: dict, body: bytes) -> dict:
+    def _store_snapshot_data(
+        self, session: _Session, reply: dict, state: bytes | _StateFile
+    ) -> dict:
         files_digest, files_size = self._pack_files(session.paths.work)
-        return self._manifest_data(reply, body, files_digest, files_size)
+        return self._manifest_data(reply, state, files_digest, files_size)
 
     def _pack_files(self, work: Path) -> tuple[str, int]:
         """Tar the session's directory into one blob; returns its digest and size."""
@@ -508,16 +550,26 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
         return writer.commit(), size
 
     def _manifest_data(
-        self, reply: dict, state: bytes | memoryview, files_digest: str, files_size: int
+        self,
+        reply: dict,
+        state: bytes | memoryview | _StateFile,
+        files_digest: str,
+        files_size: int,
     ) -> dict[str, Any]:
         """A snapshot manifest: each pickled name of the worker's ``snapshot`` reply stored
-        as a blob of its own, beside the blob of the session's files."""
-        view = memoryview(state)
+        as a blob of its own, beside the blob of the session's files. ``state`` is the
+        reply's body, or the worker's state file."""
+        view = None if isinstance(state, _StateFile) else memoryview(state)
         names, offset = [], 0
         for name, fmt, length in reply["names"]:
-            digest = self._snapshots.put_blob(view[offset : offset + length])
+            if view is None:
+                digest = state.store_blob(self._snapshots, length)
+            else:
+                digest = self._snapshots.put_blob(view[offset : offset + length])
             names.append([name, fmt, length, digest])
             offset += length
+        if view is None:
+            state.check_end()
         return {
             "backend": str(self.backend_type()),
             "size": offset + files_size,
@@ -583,15 +635,13 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
             _files.move_contents(staging, session.paths.work)
             session.connection = connection
             session.state_lost = False
-            reply, _ = await connection.request(
-                {
-                    "op": "restore",
-                    "names": [entry[:3] for entry in manifest.data["state"]["names"]],
-                    "env": manifest.data["state"].get("env"),
-                    "cwd": manifest.data["state"].get("cwd"),
-                },
-                state,
-            )
+            request = {
+                "op": "restore",
+                "names": [entry[:3] for entry in manifest.data["state"]["names"]],
+                "env": manifest.data["state"].get("env"),
+                "cwd": manifest.data["state"].get("cwd"),
+            }
+            reply = await self._send_state(session, connection, request, state)
         if "error" in reply:
             raise SnapshotError(
                 f"the worker could not load snapshot {snapshot_id}: {reply['error']}"
@@ -601,6 +651,38 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
             restored=tuple(reply.get("restored", ())),
             failed=tuple(f"{name}: {why}" for name, why in reply.get("failed", ())),
         )
+
+    async def _send_state(
+        self, session: _Session, connection: WorkerConnection, request: dict, state: bytes
+    ) -> dict:
+        """Send the ``restore`` request with the state in a file of the session's inputs
+        (read-only inside every isolating backend) where the worker shares them; as its body
+        where not, or when the file cannot be written or read."""
+        if self.shares_session_directories:
+            # A copy, never a hard link to the blobs: a local worker runs as the host user
+            # with no read-only mounts and could write through a link into the store. The
+            # state is in memory anyway (hashed on its way), and a copy costs milliseconds.
+            name = f".conch-restore-{secrets.token_hex(8)}"
+            try:
+                await asyncio.to_thread(_write_state_file, session.paths.inputs, name, state)
+            except OSError as exc:
+                logger.info("session %s: restoring over the channel: %s", session.id, exc)
+            else:
+                path = f"{self._inputs_path(session)}/{name}"
+                try:
+                    reply, _ = await connection.request({**request, "state_path": path})
+                finally:
+                    await asyncio.to_thread(_remove_state_file, session.paths.inputs, name)
+                if "state_file_error" not in reply:
+                    return reply
+                logger.info(
+                    "session %s: restoring over the channel, as the worker could not read its "
+                    "state file (%s)",
+                    session.id,
+                    reply["state_file_error"],
+                )
+        reply, _ = await connection.request(request, state)
+        return reply
 
     def _unpack_files(self, work: Path, archive: Path) -> Path:
         """Unpack a snapshot's files into a staging directory beside ``work``; return it.
@@ -711,6 +793,131 @@ def _link_or_copy(source: Path, target: Path) -> None:
     except OSError:  # another filesystem, or links not allowed: copy in chunks
         shutil.copyfile(source, staging)
     os.replace(staging, target)
+
+
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_STATE_CHUNK = 1024 * 1024
+_REFUSED = "refused (was it replaced from inside the sandbox?); no snapshot was made"
+
+
+def _state_length(reply: dict) -> int:
+    """How many bytes of state a ``snapshot`` reply says the worker wrote."""
+    try:
+        lengths = [entry[2] for entry in reply["names"]]
+    except (KeyError, TypeError, IndexError):
+        raise SnapshotError("the worker's snapshot reply does not list its names") from None
+    if not all(type(length) is int and length >= 0 for length in lengths):
+        raise SnapshotError("the worker's snapshot reply names impossible lengths: refused")
+    total = sum(lengths)
+    if total > protocol.MAX_BODY_BYTES:
+        raise SnapshotError(f"the worker claims {total} bytes of state, more than any frame")
+    return total
+
+
+class _StateFile:
+    """The state file a worker wrote, in a directory the sandbox can write too: opened without
+    following links and read once, from start to end, never past the length it claimed."""
+
+    def __init__(self, fd: int, where: str) -> None:
+        self.fd = fd
+        self.where = where
+
+    @classmethod
+    def open(cls, directory: Path, name: str, length: int) -> _StateFile:
+        """Open ``name`` in ``directory``: a link, a FIFO, a directory, a file with other
+        links or of another size than ``length`` is refused."""
+        where = f"the state file {name} in {directory}"
+        # O_NONBLOCK: opening a FIFO must not wait for a writer.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        try:
+            dir_fd = os.open(directory, _DIRECTORY_FLAGS)
+            try:
+                fd = os.open(name, flags, dir_fd=dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise SnapshotError(f"{where} cannot be opened ({exc.strerror}): {_REFUSED}") from None
+        state = cls(fd, where)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+                raise SnapshotError(f"{where} is {kind}: {_REFUSED}")
+            if info.st_nlink != 1:
+                raise SnapshotError(f"{where} has {info.st_nlink} links, not one: {_REFUSED}")
+            if info.st_size != length:
+                raise SnapshotError(
+                    f"{where} holds {info.st_size} bytes but the worker's reply claims "
+                    f"{length}: {_REFUSED}"
+                )
+        except BaseException:
+            state.close()
+            raise
+        return state
+
+    def store_blob(self, store: SnapshotStore, length: int) -> str:
+        """Copy the next ``length`` bytes into a blob of ``store``, in chunks (a large state
+        is never held whole); return its digest."""
+        buffer = memoryview(bytearray(min(length, _STATE_CHUNK) or 1))
+        writer = store.new_blob()
+        try:
+            while writer.size < length:
+                count = os.readv(self.fd, [buffer[: length - writer.size]])
+                if not count:
+                    raise SnapshotError(f"{self.where} shrank while it was read: {_REFUSED}")
+                writer.write(buffer[:count])
+        except BaseException:
+            writer.discard()
+            raise
+        return writer.commit()
+
+    def check_end(self) -> None:
+        if os.read(self.fd, 1):
+            raise SnapshotError(f"{self.where} grew while it was read: {_REFUSED}")
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _write_state_file(directory: Path, name: str, data: bytes | memoryview) -> None:
+    """Write ``data`` to a new file ``name`` in ``directory``, readable by the sandbox user."""
+    dir_fd = os.open(directory, _DIRECTORY_FLAGS)
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(name, flags, 0o444, dir_fd=dir_fd)
+        try:
+            os.fchmod(fd, 0o444)  # whatever the umask: the sandbox user may not be the host's
+            with open(fd, "wb", closefd=False) as handle:
+                handle.write(data)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dir_fd)
+            raise
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _remove_state_file(directory: Path, name: str) -> None:
+    """Remove whatever is at ``name`` in ``directory`` now, never following a link."""
+    try:
+        dir_fd = os.open(directory, _DIRECTORY_FLAGS)
+    except OSError:
+        return  # the directory is gone (the session ended): so is the file
+    try:
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:  # planted by the sandbox: rmtree with dir_fd follows no link
+            shutil.rmtree(name, dir_fd=dir_fd, ignore_errors=True)
+        except OSError as exc:
+            logger.warning("could not remove the state file %s in %s: %s", name, directory, exc)
+    finally:
+        os.close(dir_fd)
 
 
 @dataclass

@@ -77,6 +77,8 @@ DEFAULT_LIMITS = ResourceLimits(
 
 
 class BubblewrapEnvironment(WorkerEnvironment):
+    shares_session_directories = True  # bind mounts of the host's session directories
+
     def __init__(self, *, network: bool = False, bwrap_path: str | None = None, **options: Any):
         found = bwrap_path or shutil.which("bwrap")
         if not found:

@@ -12,9 +12,10 @@ container has no network (``network_mode=none``) unless ``network=True``, a read
 file system, no capabilities, ``no-new-privileges``, and cgroup limits on memory (no swap),
 processes and CPU; the worker also sets its usual rlimits (address space, file size, CPU
 time, open files) on itself. The session's directories are bind mounts of the host's
-(``/session`` and ``/tmp`` writable, ``/inputs`` read-only), so files, snapshots and
-spilled output work exactly as on the other backends: this needs an engine that sees the
-host's file system (a local socket, not a remote engine).
+(``/session``, ``/conch/scratch`` and ``/tmp`` writable, ``/inputs`` read-only), so files,
+snapshots and spilled output work exactly as on the other backends, and a snapshot's
+interpreter state goes through a file there rather than the attach stream: this needs an
+engine that sees the host's file system (a local socket, not a remote engine).
 
 The channel: the container is created with an open stdin and no TTY, attached *before* it
 starts (so the worker's hello cannot be missed), and then started. The attach connection is
@@ -109,6 +110,9 @@ _T = TypeVar("_T")
 
 class DockerEnvironment(WorkerEnvironment):
     """Sessions in containers of a Docker-compatible engine (Docker, podman's API service)."""
+
+    # Bind mounts of the host's session directories (the engine must be local, see above).
+    shares_session_directories = True
 
     def __init__(
         self,

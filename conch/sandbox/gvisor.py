@@ -131,6 +131,8 @@ class GVisorEnvironment(WorkerEnvironment):
     background, so a session starts in milliseconds instead of a sandbox's boot time.
     """
 
+    shares_session_directories = True  # bind mounts of the host's session directories
+
     def __init__(
         self,
         *,

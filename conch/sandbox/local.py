@@ -17,6 +17,8 @@ from conch.sandbox.worker import AGENT_PATH
 
 
 class LocalEnvironment(WorkerEnvironment):
+    shares_session_directories = True  # the worker runs on the host's own file system
+
     def _launch_spec(self, session: _Session, worker_config: dict[str, Any]) -> LaunchSpec:
         return LaunchSpec(
             argv=self._python_argv(str(AGENT_PATH), {**worker_config, "keeper": True}),

@@ -12,6 +12,12 @@ new connection is served with a new hello when one ends (the interpreter stays),
 a VM's worker outlives the vsock reset of a snapshot; ``"channel": "text"`` sends frames as
 base64 lines for transports that carry text only (see ``protocol.TEXT_FRAME_PREFIX``).
 
+Snapshot state (the pickled names, one after another) is the body of the ``snapshot`` reply
+and of the ``restore`` request, unless the request names a ``state_path``: a file in a session
+directory the host shares, which the worker then writes (replying ``"state_file": true`` and no
+body) or reads. When that file cannot be written or read (the file-size limit, a full disk),
+the reply says why in ``state_file_error`` and the state goes over the channel as before.
+
 Threads: the main thread runs requests one at a time (user code runs there, so it can be
 interrupted with SIGINT); a reader thread receives frames, hands requests to the main thread,
 delivers callback replies, and turns an ``interrupt`` frame into SIGINT for the main thread.
@@ -25,6 +31,7 @@ import importlib.util
 import io
 import json
 import linecache
+import mmap
 import os
 import pickle
 import queue
@@ -652,15 +659,31 @@ class Worker:
             "env": dict(os.environ),
             "cwd": os.getcwd(),
         }
+        path = message.get("state_path")
+        if path:
+            try:
+                _save_state(path, parts)
+            except OSError as exc:  # the file-size limit, a full disk: the channel still works
+                reply["state_file_error"] = f"{type(exc).__name__}: {exc}"[:500]
+            else:
+                reply["state_file"] = True
+                return reply, ()
         return reply, tuple(parts)
 
     def do_restore(self, message: dict, body: bytes):
+        names = message.get("names", [])
+        path = message.get("state_path")
+        if path:
+            try:
+                body = _load_state(path, sum(entry[2] for entry in names))
+            except OSError as exc:  # nothing was touched: the host sends the state instead
+                return {"state_file_error": f"{type(exc).__name__}: {exc}"[:500]}, ()
         for name in [n for n in self.namespace if n != "__builtins__"]:
             del self.namespace[name]
         self.namespace["__name__"] = "__main__"
         restored, failed, offset = [], [], 0
         view = memoryview(body)
-        for name, fmt, length, *_ in message.get("names", []):
+        for name, fmt, length, *_ in names:
             data = view[offset : offset + length]
             offset += length
             try:
@@ -679,6 +702,53 @@ class Worker:
             except OSError:
                 os.chdir(self.cwd)
         return {"restored": restored, "failed": failed}, ()
+
+
+def _save_state(path: str, parts) -> None:
+    """Write the pickles, one after another, to a new file ``path`` (named by the host in a
+    directory it shares with the sandbox); a partial file is removed before the error rises."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    try:
+        try:
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view[: 4 * CHUNK]) :]
+        finally:
+            os.close(fd)
+    except BaseException:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
+
+
+def _load_state(path: str, length: int):
+    """The ``length`` bytes of state the host put in the file ``path``, all of them: mapped
+    (far cheaper than reading 50 MB into new memory) where the file system allows. Nothing
+    in the sandbox can shrink the file while it is mapped: the host made it, read-only."""
+    with open(path, "rb", buffering=0) as handle:
+        if os.fstat(handle.fileno()).st_size != length:
+            raise OSError(f"the state file {path} does not hold the {length} bytes named")
+        if not length:
+            return b""
+        try:
+            return mmap.mmap(handle.fileno(), length, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            pass
+        data = bytearray(length)
+        view = memoryview(data)
+        done = 0
+        while done < length:
+            count = handle.readinto(view[done:])
+            if not count:
+                break
+            done += count
+        if done != length or handle.read(1):
+            raise OSError(f"the state file {path} does not hold the {length} bytes named")
+    return data
 
 
 class _NullWriter(io.TextIOBase):
