@@ -66,12 +66,29 @@ class Budget:
     """``llm_query`` prompts (each batched prompt counts) plus ``rlm_query`` calls."""
 
     def __post_init__(self) -> None:
-        for name in ("max_tokens", "max_cost_usd", "max_time_s", "max_sub_calls"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int | float) or value <= 0):
-                raise ConfigurationError(
-                    f"Budget.{name} must be a positive number or None, not {value!r}"
-                )
+        for name in ("max_tokens", "max_sub_calls"):
+            check_limit("Budget", name, getattr(self, name), integer=True)
+        for name in ("max_cost_usd", "max_time_s"):
+            check_limit("Budget", name, getattr(self, name), integer=False)
+
+
+def check_limit(owner: str, name: str, value: object, *, integer: bool) -> None:
+    """Refuse a limit that is neither None nor a positive number (an int where ``integer``):
+    ``nan`` would compare false with everything and silently mean "unlimited"."""
+    if value is None:
+        return
+    if integer:
+        fits = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    else:
+        fits = (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and value > 0
+        )
+    if not fits:
+        kind = "int" if integer else "number"
+        raise ConfigurationError(f"{owner}.{name} must be a positive {kind} or None, got {value!r}")
 
 
 class BudgetExhausted(BudgetExceededError):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from conch.errors import ConfigurationError
+from conch.rlm._budget import check_limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,35 +29,10 @@ class TerminationPolicy:
     reported as failed. False: it is a normal turn whose answer is its best partial one."""
 
     def __post_init__(self) -> None:
-        if self.max_iterations is not None and (
-            not isinstance(self.max_iterations, int)
-            or isinstance(self.max_iterations, bool)
-            or self.max_iterations < 1
-        ):
-            raise ConfigurationError(
-                f"TerminationPolicy.max_iterations must be an int of at least 1 or None, "
-                f"got {self.max_iterations!r}"
-            )
-        if self.max_tokens is not None and (
-            not isinstance(self.max_tokens, int)
-            or isinstance(self.max_tokens, bool)
-            or self.max_tokens < 1
-        ):
-            raise ConfigurationError(
-                f"TerminationPolicy.max_tokens must be a positive int or None, "
-                f"got {self.max_tokens!r}"
-            )
+        check_limit("TerminationPolicy", "max_iterations", self.max_iterations, integer=True)
+        check_limit("TerminationPolicy", "max_tokens", self.max_tokens, integer=True)
         for name in ("max_cost_usd", "max_time_s"):
-            value = getattr(self, name)
-            if value is not None and (
-                not isinstance(value, int | float)
-                or isinstance(value, bool)
-                or not math.isfinite(value)
-                or value <= 0
-            ):
-                raise ConfigurationError(
-                    f"TerminationPolicy.{name} must be a positive number or None, got {value!r}"
-                )
+            check_limit("TerminationPolicy", name, getattr(self, name), integer=False)
         if not isinstance(self.require_final_answer, bool):
             raise ConfigurationError(
                 "TerminationPolicy.require_final_answer must be True or False, "

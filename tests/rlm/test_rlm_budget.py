@@ -74,7 +74,18 @@ def test_concurrent_charges_from_threads_all_count():
     assert ledger.model_calls == 8000
 
 
-@pytest.mark.parametrize("field", ["max_tokens", "max_cost_usd", "max_time_s", "max_sub_calls"])
-def test_a_non_positive_limit_is_refused(field):
-    with pytest.raises(ConfigurationError, match=field):
-        Budget(**{field: 0})
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        *((field, 0) for field in ("max_tokens", "max_cost_usd", "max_time_s", "max_sub_calls")),
+        ("max_cost_usd", float("nan")),  # compares false with everything: would mean no limit
+        ("max_time_s", float("nan")),
+        ("max_time_s", float("inf")),
+        ("max_tokens", 2.5),
+        ("max_sub_calls", True),
+        ("max_cost_usd", "1"),
+    ],
+)
+def test_a_limit_that_is_not_a_positive_number_is_refused(field, value):
+    with pytest.raises(ConfigurationError, match=f"Budget.{field} must be a positive"):
+        Budget(**{field: value})

@@ -157,7 +157,7 @@ def test_a_wrong_kind_of_value_is_refused_when_built() -> None:
 @pytest.mark.parametrize(
     ("limits", "message"),
     [
-        ({"max_iterations": 0}, "max_iterations must be an int of at least 1"),
+        ({"max_iterations": 0}, "max_iterations must be a positive int"),
         ({"max_tokens": 1.5}, "max_tokens must be a positive int"),
         ({"max_cost_usd": -1}, "max_cost_usd must be a positive number"),
         ({"max_time_s": float("nan")}, "max_time_s must be a positive number"),
