@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from conch.lm import OpenAIModel, RetryPolicy
-from conch.rlm import RLM, TerminationReason
+from conch.rlm import RLM, Budget, TerminationReason
 from conch.rlm._parsing import STOP_SEQUENCES
 from conch.testing._loopback import Reply
 
@@ -43,6 +43,15 @@ async def test_a_run_answers_through_a_real_http_server(openai_server, env):
     root_requests = [r for r in openai_server.requests if r.messages[0]["role"] == "system"]
     assert root_requests[0].body["stop"] == list(STOP_SEQUENCES)
     assert "```output" in STOP_SEQUENCES
+
+
+async def test_the_time_budget_ends_a_run_whose_provider_hangs(openai_server, env):
+    openai_server.replies = lambda request: Reply.hanging(8)  # then hangs up; retried, hangs again
+    model = model_for(openai_server.base_url, timeout=60)
+    rlm = RLM(model, sandbox=env, budget=Budget(max_time_s=0.5))
+    result = await rlm.acompletion("c", "q")
+    assert result.termination_reason is TerminationReason.TIME_BUDGET
+    assert result.duration_s < 6  # not the provider's 8 s, nor the client's 60 s timeout
 
 
 async def test_a_401_ends_the_run_with_model_error_naming_the_server(openai_server, env):
