@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import math
 import os
 import shutil
 import socket
@@ -60,6 +61,14 @@ def run_command(
     max_cost: Annotated[
         float | None, typer.Option("--max-cost", help="Budget in USD for the whole run.")
     ] = None,
+    max_time: Annotated[
+        float | None,
+        typer.Option(
+            "--max-time",
+            help="Seconds the whole run may take (model calls, cells and sub-calls); "
+            "also what bounds a provider that hangs.",
+        ),
+    ] = None,
     trace: Annotated[
         Path | None, typer.Option("--trace", help="Append the run's trace (JSONL) here.")
     ] = None,
@@ -105,8 +114,9 @@ def run_command(
             context_value: Path | None = staged
         else:
             context_value = Path(context) if context is not None else None
-        if max_cost is not None and max_cost <= 0:
-            raise ConfigurationError(f"--max-cost must be positive, not {max_cost}")
+        for flag, value in (("--max-cost", max_cost), ("--max-time", max_time)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigurationError(f"{flag} must be a positive number, not {value}")
         validator = _build_validator(thesaurus, strictness)
         root_model = build_model(model, base_url, transport)
         child_model = build_model(sub_model, base_url, transport) if sub_model else None
@@ -132,6 +142,7 @@ def run_command(
                         max_depth=max_depth,
                         max_iterations=max_iterations,
                         max_cost=max_cost,
+                        max_time=max_time,
                         sink=sink,
                         validator=validator,
                         escalate=escalate,
@@ -144,13 +155,15 @@ def run_command(
                 sandbox=sandbox,
                 max_depth=max_depth,
                 max_iterations=max_iterations,
-                budget=Budget(max_cost_usd=max_cost),
+                budget=Budget(max_cost_usd=max_cost, max_time_s=max_time),
                 trace=sink,
                 validator=validator,
                 escalate=escalate,
             )
             with progress.live():
-                result = rlm.completion(context_value, query)
+                result = asyncio.run(
+                    _closing_models(rlm.acompletion(context_value, query), root_model, child_model)
+                )
         sink.close()
     except (ConfigurationError, SandboxUnavailableError, StoreError) as error:
         fail(errors, str(error), EXIT_BAD_INPUT)
@@ -202,6 +215,7 @@ async def session_turn(
     max_depth: int,
     max_iterations: int,
     max_cost: float | None,
+    max_time: float | None,
     sink: TraceSink,
     validator,
     escalate,
@@ -210,10 +224,10 @@ async def session_turn(
     from conch.runtime import Runtime, RuntimeEnvironment, TerminationPolicy
     from conch.store import SqliteSessionStore
 
-    environment = RuntimeEnvironment(
-        termination=TerminationPolicy(max_iterations=max_iterations, max_cost_usd=max_cost),
-        trace_sink=sink,
+    termination = TerminationPolicy(
+        max_iterations=max_iterations, max_cost_usd=max_cost, max_time_s=max_time
     )
+    environment = RuntimeEnvironment(termination=termination, trace_sink=sink)
     store_path.parent.mkdir(parents=True, exist_ok=True)
     store = await SqliteSessionStore.open(store_path)
     try:
@@ -235,7 +249,22 @@ async def session_turn(
             turn = await runtime.turn(query, context)
     finally:
         await store.close()
+        await _close(model, sub_model)
     return _TurnPayload(session_id, turn)
+
+
+async def _closing_models(work, *models):
+    """Await ``work``, then close the models, in the loop their connections belong to."""
+    try:
+        return await work
+    finally:
+        await _close(*models)
+
+
+async def _close(*models) -> None:
+    for model in models:
+        if model is not None:
+            await model.aclose()
 
 
 class _TurnPayload:

@@ -163,6 +163,88 @@ def test_running_out_of_iterations_without_an_answer_exits_3(cli, openai_server,
     assert "max_iterations" in result.stderr
 
 
+def test_running_out_of_money_without_an_answer_exits_3(cli, openai_server, context_file):
+    openai_server.replies = lambda request: "```repl\nx = 1\n```"  # never answers
+    args = run_args(openai_server, context_file, "--max-cost", "0.000001")
+    args[args.index("test-model")] = "gpt-4o-mini"  # a model whose price conch knows
+    result = cli(*args)
+    assert result.exit_code == 3
+    assert "the run ended with cost_budget" in result.stderr
+
+
+def test_a_provider_that_hangs_is_bounded_by_max_time(cli, openai_server, context_file):
+    openai_server.replies = lambda request: Reply.hanging(8)
+    result = cli(*run_args(openai_server, context_file, "--max-time", "0.5"))
+    assert result.exit_code == 3
+    assert "the run ended with time_budget" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--max-cost", "--max-time"])
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_a_budget_that_is_not_a_positive_number_is_bad_input(
+    cli, openai_server, context_file, flag, value
+):
+    result = cli(*run_args(openai_server, context_file, flag, value))
+    assert result.exit_code == 2
+    assert f"{flag} must be a positive number" in result.stderr
+    assert not openai_server.requests
+
+
+def test_sub_calls_go_to_the_sub_model(cli, openai_server, context_file):
+    def replies(request):
+        if request.messages[0]["role"] != "system":
+            return "a sub-call's reply"
+        if len(request.messages) == 2:
+            return "```repl\nword = llm_query('one word?')\n```"
+        return "```repl\nFINAL(word)\n```"
+
+    openai_server.replies = replies
+    result = cli(*run_args(openai_server, context_file, "--sub-model", "small-model"))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "a sub-call's reply"
+    models = {
+        "root" if r.messages[0]["role"] == "system" else "sub": r.body["model"]
+        for r in openai_server.requests
+    }
+    assert models == {"root": "test-model", "sub": "small-model"}
+
+
+@pytest.mark.parametrize(("depth", "child_runs"), [(0, False), (1, True)])
+def test_max_depth_decides_whether_rlm_query_starts_a_child_run(
+    cli, openai_server, context_file, depth, child_runs
+):
+    def replies(request):
+        system = request.messages[0]["content"] if request.messages[0]["role"] == "system" else ""
+        if not system:
+            return "plain"  # a plain sub-call, as rlm_query is at the depth limit
+        if "rlm_query(context, query)" in system and "Query: inner" in request.last_user_text:
+            return "```repl\nFINAL('child')\n```"  # the child run's root
+        if len(request.messages) == 2:
+            return "```repl\nsub = rlm_query('piece', 'inner')\nFINAL(sub)\n```"
+        return "```repl\nFINAL('?')\n```"
+
+    openai_server.replies = replies
+    result = cli(*run_args(openai_server, context_file, "--max-depth", str(depth)))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == ("child" if child_runs else "plain")
+
+
+def test_trace_show_nests_a_child_run_under_its_parent(cli, openai_server, context_file, tmp_path):
+    def replies(request):
+        if "Query: inner" in request.last_user_text:
+            return "```repl\nFINAL('child')\n```"
+        return "```repl\nsub = rlm_query('piece', 'inner')\nFINAL(sub)\n```"
+
+    openai_server.replies = replies
+    trace = tmp_path / "run.jsonl"
+    assert cli(*run_args(openai_server, context_file, "--trace", str(trace))).exit_code == 0
+    lines = cli("trace", "show", str(trace)).stdout.splitlines()
+    finals = [line for line in lines if "final (FINAL): child" in line]
+    assert len(finals) == 2  # the child's answer, then the root's (the same text)
+    indent = [len(line) - len(line.lstrip(" │├└─")) for line in finals]
+    assert indent[0] > indent[1]  # the child's lines sit deeper than the root's
+
+
 def test_trace_show_prints_the_run_as_a_tree(cli, openai_server, context_file, tmp_path):
     openai_server.replies = counting_errors
     trace = tmp_path / "run.jsonl"
@@ -197,6 +279,21 @@ def test_with_a_thesaurus_cells_outside_the_domain_are_blocked_and_then_rejected
     assert result.exit_code == 3
     assert "the run ended with validation_rejected" in result.stderr
     assert "escalation rejected it" in result.stderr
+
+
+def test_permissive_strictness_reports_but_runs_the_same_cells(
+    cli, openai_server, context_file, git_thesaurus
+):
+    def replies(request):
+        if len(request.messages) == 2:
+            return "```repl\nfrobnicate = 'ran'\n```"
+        return "```repl\nFINAL(frobnicate)\n```"
+
+    openai_server.replies = replies
+    args = ["--thesaurus", str(git_thesaurus), "--strictness", "permissive"]
+    result = cli(*run_args(openai_server, context_file, *args))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "ran"
 
 
 def test_strictness_without_a_thesaurus_is_bad_input(cli, openai_server, context_file):
