@@ -80,6 +80,14 @@ def test_run_reads_the_context_from_stdin(cli, openai_server):
     assert result.stdout == "QUIET WORDS\n"
 
 
+def test_an_empty_stdin_context_is_bad_input(cli, openai_server):
+    args = ["run", "--base-url", openai_server.base_url, "--model", "m", "--context", "-"]
+    result = cli(*args, "Shout it", stdin="")
+    assert result.exit_code == 2
+    assert "stdin was empty" in result.stderr
+    assert not openai_server.requests
+
+
 def test_a_missing_context_path_exits_2_naming_it(cli, openai_server, tmp_path):
     result = cli(*run_args(openai_server, tmp_path / "missing.txt"))
     assert result.exit_code == 2
