@@ -7,6 +7,7 @@ import pytest
 from hypothesis import settings
 
 from conch.testing.postgres import PostgresServer, PostgresUnavailable, postgres_for_tests
+from tests._required import skip_or_fail
 
 # No per-example deadline: the machines are small and shared, and a slow example is not a bug.
 # Under CI the examples are derandomized, so a run is repeatable and a red CI is reproducible.
@@ -22,7 +23,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         with postgres_for_tests() as server:
             yield server
     except PostgresUnavailable as exc:
-        pytest.skip(f"PostgreSQL tests skipped: {exc}")
+        skip_or_fail("postgres", f"PostgreSQL tests skipped: {exc}")
 
 
 @pytest.fixture(scope="session")

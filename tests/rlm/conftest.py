@@ -9,13 +9,7 @@ import pytest
 from conch import sandbox
 from conch.sandbox import ExecutionEnvironment
 from conch.testing.fixtures import openai_server  # noqa: F401
-
-
-def _skip_reason(name: str) -> str | None:
-    for status in sandbox.backend_statuses():
-        if status.name == name and not status.available:
-            return f"the {name} backend cannot run on this machine: {status.reason}"
-    return None
+from tests._required import require_backend
 
 
 @pytest.fixture
@@ -26,12 +20,13 @@ async def env(tmp_path) -> AsyncIterator[ExecutionEnvironment]:
     await environment.cleanup()
 
 
-@pytest.fixture(params=["local", "bwrap"])
+@pytest.fixture(params=["local", "bwrap", "gvisor"])
 async def any_env(request, tmp_path) -> AsyncIterator[ExecutionEnvironment]:
-    """Each backend that works here; the key behaviours must hold on all of them."""
-    reason = _skip_reason(request.param)
-    if reason:
-        pytest.skip(reason)
-    environment = sandbox.create(request.param, root=tmp_path / request.param)
+    """Each backend that works here; the key behaviours (recursion and tools through the
+    worker's channel among them) must hold on all of them. (docker's run in its suite.)"""
+    require_backend(request.param)
+    # No warm gVisor pool: each test's environment is used once.
+    options = {"pool_size": 0} if request.param == "gvisor" else {}
+    environment = sandbox.create(request.param, root=tmp_path / request.param, **options)
     yield environment
     await environment.cleanup()

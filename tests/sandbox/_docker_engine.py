@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conch.errors import SandboxUnavailableError
+from tests._required import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "scripts" / "build-sandbox-image.sh"
@@ -31,17 +32,19 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         import docker  # noqa: F401
     except ImportError as exc:
-        pytest.skip(f"the docker SDK is not installed (pip install 'conch[docker]'): {exc}")
+        skip_or_fail(
+            "docker", f"the docker SDK is not installed (pip install 'conch[docker]'): {exc}"
+        )
     from conch.sandbox._podman import PodmanService
     from conch.sandbox.docker import DEFAULT_IMAGE, IMAGE_ENV, docker_works
 
     if shutil.which("podman") is None:
-        pytest.skip("podman is not installed: run scripts/install-system-deps.sh")
+        skip_or_fail("docker", "podman is not installed: run scripts/install-system-deps.sh")
     service = PodmanService(tmp_path_factory.mktemp("podman"))
     try:
         url = service.start()
     except SandboxUnavailableError as exc:
-        pytest.skip(f"podman's API service cannot start here: {exc}")
+        skip_or_fail("docker", f"podman's API service cannot start here: {exc}")
     saved = os.environ.get("DOCKER_HOST")
     os.environ["DOCKER_HOST"] = url
     try:
@@ -50,7 +53,7 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         if not works and "has no image" in reason:
             works, reason = _build_image(image)
         if not works:
-            pytest.skip(f"the docker backend cannot run on podman here: {reason}")
+            skip_or_fail("docker", f"the docker backend cannot run on podman here: {reason}")
         yield url
     finally:
         _remove_leftovers()

@@ -9,25 +9,17 @@ import pytest
 
 from conch import sandbox
 from conch.sandbox import ExecutionContext, ExecutionEnvironment, ExecutionResult
+from tests._required import require_backend
 from tests.sandbox._docker_engine import docker_engine  # noqa: F401 (a session fixture)
 
 BACKENDS = ["local", "bwrap", "docker", "gvisor"]
-
-
-def backend_skip_reason(name: str) -> str | None:
-    for status in sandbox.backend_statuses():
-        if status.name == name and not status.available:
-            return f"the {name} backend cannot run on this machine: {status.reason}"
-    return None
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     if request.param == "docker":  # a private podman API service, DOCKER_HOST pointed at it
         request.getfixturevalue("docker_engine")
-    reason = backend_skip_reason(request.param)
-    if reason:
-        pytest.skip(reason)
+    require_backend(request.param)
     return request.param
 
 

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from conch.sandbox import Capability, ExecutionContext, ResourceLimits
-from tests.sandbox.conftest import backend_skip_reason
+from tests._required import require_backend
 
 ISOLATED_BACKENDS = ["bwrap", "gvisor", "docker"]
 
@@ -17,9 +17,7 @@ ISOLATED_BACKENDS = ["bwrap", "gvisor", "docker"]
 def backend(request: pytest.FixtureRequest) -> str:  # overrides the contract suite's fixture
     if request.param == "docker":
         request.getfixturevalue("docker_engine")
-    reason = backend_skip_reason(request.param)
-    if reason:
-        pytest.skip(reason)
+    require_backend(request.param)
     return request.param
 
 
@@ -101,6 +99,33 @@ async def test_a_fork_bomb_is_contained_and_the_session_recovers(make_env):
     assert result.timed_out
     after = await env.execute_code("print('recovered')", ExecutionContext("bomb", timeout_s=20))
     assert after.stdout == "recovered\n"
+
+
+FORK_UNTIL_REFUSED = """
+import os, time
+children, refused = [], None
+for _ in range(300):
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        refused = exc.strerror
+        break
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+print(len(children) < 300, refused)
+"""
+
+
+async def test_processes_past_the_limit_are_refused(make_env):
+    env = await make_env(limits=ResourceLimits(max_processes=32, memory_bytes=1 << 30))
+    result = await env.execute_code(FORK_UNTIL_REFUSED, ExecutionContext("forks", timeout_s=60))
+    assert result.stdout.startswith("True "), result.stderr
+    assert "None" not in result.stdout  # a fork failed, with the kernel's reason
 
 
 async def test_a_memory_bomb_raises_memory_error_and_the_session_keeps_its_state(make_env):

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from conch import sandbox
 from conch.cli import app
-from tests.sandbox.conftest import backend_skip_reason
+from tests._required import require_backend
 
 runner = CliRunner()
 
@@ -26,9 +26,7 @@ def test_list_reports_every_backend_as_the_registry_sees_it():
 
 @pytest.mark.parametrize("name", ["local", "bwrap", "gvisor"])
 def test_check_passes_every_probe_on_a_working_backend(name):
-    reason = backend_skip_reason(name)
-    if reason:
-        pytest.skip(reason)
+    require_backend(name)
     result = runner.invoke(app, ["sandbox", "check", name, "--json"])
     report = json.loads(result.stdout)
     assert result.exit_code == 0, report
