@@ -708,6 +708,16 @@ class _Sandbox:
     def returncode(self) -> int | None:
         return self._returncode
 
+    @property
+    def end_reason(self) -> str | None:
+        """Why the sandbox ended when its keeper could not say (see ``WorkerProcess``)."""
+        if self._returncode is None or self._killed:
+            return None
+        return (
+            f"the gVisor sandbox {self.cid} ended without conch stopping it (killed from "
+            "outside, or runsc failed)"
+        )
+
     def _on_exit(self) -> None:
         if self._pidfd is not None:
             self._loop.remove_reader(self._pidfd)

@@ -19,14 +19,12 @@ from conch.errors import (
     SnapshotError,
 )
 from conch.sandbox import Capability, ExecutionContext
-from tests.sandbox.conftest import backend_skip_reason
+from tests._required import require_backend
 
 
 @pytest.fixture
 def backend() -> str:  # overrides the contract suite's parametrized fixture: gvisor only
-    reason = backend_skip_reason("gvisor")
-    if reason:
-        pytest.skip(reason)
+    require_backend("gvisor")
     return "gvisor"
 
 
@@ -212,13 +210,14 @@ async def test_with_the_host_network_snapshots_pickle_variables(make_env):
 
 async def test_a_sandbox_killed_from_outside_mid_cell_is_a_clear_error(env, run, ctx):
     await run("kept = 'yes'")
-    sandbox_pid = env._sessions[ctx.session_id].connection.process.pid
+    sandbox = env._sessions[ctx.session_id].connection.process
     cell = asyncio.create_task(run("import time\ntime.sleep(30)"))
     await asyncio.sleep(0.5)
-    os.kill(sandbox_pid, signal.SIGKILL)  # as an operator or the OOM killer would
+    os.kill(sandbox.pid, signal.SIGKILL)  # as an operator or the OOM killer would
     result = await cell
     assert result.state_lost and not result.timed_out
     assert "exited unexpectedly" in (result.error or "")
+    assert f"the gVisor sandbox {sandbox.cid} ended without conch stopping it" in result.error
     assert "variables were lost" in result.error
     after = await run("print('fresh')")
     assert after.stdout == "fresh\n" and after.state_lost
