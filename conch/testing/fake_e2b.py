@@ -180,6 +180,7 @@ class Commands:
         if not background:
             raise NotImplementedError("this fake implements background commands only")
         process = await self._state.spawn(cmd, envs or {}, cwd, bool(stdin))
+        self._state.limit(process, timeout)
         return CommandHandle(self._state, process, on_stdout, on_stderr)
 
     async def send_stdin(self, pid: int, data: str | bytes, request_timeout=None) -> None:
@@ -202,6 +203,7 @@ class Commands:
         process = self._state.processes.get(pid)
         if process is None or process.done.is_set():
             raise NotFoundException(f"process with pid {pid} not found")
+        self._state.limit(process, timeout)
         return CommandHandle(self._state, process, on_stdout, on_stderr)
 
 
@@ -234,6 +236,15 @@ class _SandboxState:
         self.paused = False
         self.lost = asyncio.Event()
         """Set when the sandbox is killed or times out: streams to it end with an error."""
+        self.command_timeouts: list[float | None] = []
+        """The ``timeout`` of every ``commands.run`` and ``commands.connect``, in order."""
+
+    def limit(self, process: _Process, timeout: float | None) -> None:
+        """The SDK's command ``timeout``: the command is ended after that many seconds
+        (60 unless the caller says otherwise); 0 or None is no limit. Recorded for tests."""
+        self.command_timeouts.append(timeout)
+        if timeout:
+            asyncio.get_running_loop().call_later(timeout, process.signal, signal.SIGKILL)
 
     def check_running(self) -> None:
         if self.lost.is_set():

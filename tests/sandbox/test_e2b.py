@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conch.errors import ConfigurationError, SnapshotError
+from conch.errors import ConfigurationError, SandboxError, SnapshotError
 from conch.sandbox import Capability, ExecutionContext
 from conch.sandbox.bwrap import bwrap_works
 from conch.sandbox.e2b import E2BEnvironment, _TextFrames, e2b_works
@@ -201,14 +201,46 @@ async def test_end_session_kills_the_sandbox(make_e2b):
     assert all(state.lost.is_set() for state in fake.sandboxes.values())
 
 
-async def test_no_network_unless_asked(tmp_path):
-    fake = FakeE2B(tmp_path / "fake")
-    env = E2BEnvironment(sdk=fake, root=tmp_path / "env")
-    assert Capability.NETWORK_ISOLATION in env.capabilities()
-    networked = E2BEnvironment(sdk=fake, root=tmp_path / "env2", network=True)
-    assert Capability.NETWORK_ISOLATION not in networked.capabilities()
-    await env.cleanup()
-    await networked.cleanup()
+@needs_bwrap
+@pytest.mark.parametrize("network", [False, True])
+async def test_no_network_unless_asked(make_e2b, network):
+    env, fake = await make_e2b(network=network)
+    assert (Capability.NETWORK_ISOLATION in env.capabilities()) is not network
+    await env.execute_code("1", CTX)
+    (sandbox,) = fake.sandboxes.values()
+    assert sandbox.options["allow_internet_access"] is network
+
+
+@needs_bwrap
+async def test_the_worker_is_not_bound_by_the_sdks_command_timeout(make_e2b):
+    env, fake = await make_e2b()
+    await env.execute_code("1", CTX)
+    (sandbox,) = fake.sandboxes.values()
+    # The SDK ends a command after 60 s unless told otherwise: the worker lives for the session.
+    assert sandbox.command_timeouts and set(sandbox.command_timeouts) == {0}
+
+
+@needs_bwrap
+async def test_e2b_unreachable_is_a_clear_error_and_the_next_call_tries_again(make_e2b):
+    env, fake = await make_e2b()
+    fake.fail_next["create"] = fake.SandboxException("connection refused by api.e2b.app")
+    failed = await env.execute_code("1", CTX)
+    assert not failed.ok
+    assert "E2B could not create a sandbox" in failed.error
+    assert "connection refused by api.e2b.app" in failed.error
+    assert (await env.execute_code("print('up')", CTX)).stdout == "up\n"
+
+
+@needs_bwrap
+async def test_a_sandbox_snapshot_gone_from_e2b_is_refused_and_the_session_unchanged(make_e2b):
+    env, fake = await make_e2b(vm_snapshots=True)
+    await env.execute_code("kept = 'at snapshot'", CTX)
+    snapshot = await env.create_snapshot("s1", "whole")
+    await env.execute_code("kept = 'current'", CTX)
+    fake.snapshots.clear()  # deleted on E2B's side (its dashboard, its retention)
+    with pytest.raises(SandboxError, match="not found"):
+        await env.restore_snapshot(snapshot)
+    assert (await env.execute_code("kept", CTX)).stdout == "'current'\n"
 
 
 def test_without_a_key_the_backend_refuses_clearly(monkeypatch, tmp_path):
