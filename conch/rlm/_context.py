@@ -11,13 +11,24 @@ What each kind of context becomes inside the REPL:
 
 Files go in by hard link (``ExecutionEnvironment.upload``) and the metadata (size, lines,
 head and tail) is computed inside the sandbox, so the host never reads a file context: a
-1 GB file costs no host memory. The model sees only that metadata.
+1 GB file costs no host memory. A ``str``, ``list`` or ``dict`` is written to a staging file
+in pieces of about a million characters (JSON through a streaming encoder here that gives
+``json.dumps``'s text and errors) and that file goes in the same way, so the host never holds
+a second whole copy of the context; ``bytes`` go in as they are. The model sees only the
+metadata.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import json
 import os
+import shutil
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +40,9 @@ Context = str | bytes | bytearray | list | dict | os.PathLike[str] | None
 
 PREVIEW_CHARS = 500
 _LOAD_TIMEOUT_S = 600.0
+_PIECE_CHARS = 1 << 20
+"""About how many characters of a context the host encodes at a time."""
+_SMALL_DEPTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +88,18 @@ class _Upload:
     source: bytes | os.PathLike[str] | None
     label: str
     files: tuple[tuple[str, Path], ...] = ()
+    pieces: Callable[[], Iterator[str]] | None = None
+    """The text to stage in a file and upload, in bounded pieces (str, list, dict)."""
 
 
 def check_context(context: Context) -> None:
     """Raise ``ConfigurationError`` for a context that cannot be loaded (before any work)."""
-    _plan(context)
+    plan = _plan(context)
+    if plan.kind == "json":
+        # Encoding is the only exact test of what JSON accepts; the pieces are dropped as
+        # they come, so the check costs no copy of the context.
+        for _ in plan.pieces():
+            pass
 
 
 def _plan(context: Context) -> _Upload:
@@ -86,20 +107,16 @@ def _plan(context: Context) -> _Upload:
         return _Upload("none", None, None, "none")
     if isinstance(context, str):
         _require_content(len(context), "the context string is empty")
-        return _Upload("text", "context.txt", context.encode("utf-8", "surrogatepass"), "text")
+        pieces = functools.partial(_text_pieces, context)
+        return _Upload("text", "context.txt", None, "text", pieces=pieces)
     if isinstance(context, bytes | bytearray):
         _require_content(len(context), "the context bytes are empty")
-        return _Upload("bytes", "context.bin", bytes(context), "bytes")
+        data = context if isinstance(context, bytes) else bytes(context)  # bytes: not copied
+        return _Upload("bytes", "context.bin", data, "bytes")
     if isinstance(context, list | dict):
         _require_content(len(context), f"the context {type(context).__name__} is empty")
-        try:
-            data = json.dumps(context, ensure_ascii=False).encode("utf-8", "surrogatepass")
-        except (TypeError, ValueError) as error:
-            raise ConfigurationError(
-                f"a {type(context).__name__} context must be JSON-serialisable ({error}); "
-                "convert its values to str, numbers, lists and dicts first"
-            ) from None
-        return _Upload("json", "context.json", data, "json")
+        pieces = functools.partial(_json_text, context)
+        return _Upload("json", "context.json", None, "json", pieces=pieces)
     if isinstance(context, os.PathLike):
         return _plan_path(Path(context))
     raise ConfigurationError(
@@ -156,6 +173,9 @@ async def load_context(env: ExecutionEnvironment, session_id: str, context: Cont
         spec["manifest"] = await upload(
             session_id, "context-manifest.json", json.dumps(names).encode("utf-8")
         )
+    elif plan.pieces is not None:
+        async with _staged(env, plan.name, plan.pieces) as path:
+            spec["path"] = await upload(session_id, plan.name, path)
     elif plan.kind != "none":
         spec["path"] = await upload(session_id, plan.name, plan.source)
     result = await env.execute_code(
@@ -183,6 +203,164 @@ async def load_context(env: ExecutionEnvironment, session_id: str, context: Cont
         notes=tuple(meta.get("notes", ())),
         extra=meta.get("extra", {}),
     )
+
+
+@contextlib.asynccontextmanager
+async def _staged(
+    env: ExecutionEnvironment, name: str, pieces: Callable[[], Iterator[str]]
+) -> AsyncIterator[Path]:
+    """A file holding ``pieces()`` as UTF-8, removed afterwards (also on error or cancel)."""
+    # Beside the sandbox's own files when the environment says where they are: on the same
+    # file system, the upload is a hard link, not a second copy on disk.
+    root = getattr(env, "root", None)
+    near = os.fspath(root) if isinstance(root, str | os.PathLike) and os.path.isdir(root) else None
+    directory = Path(tempfile.mkdtemp(prefix=".conch-context-", dir=near))  # private: 0700
+    stop = threading.Event()
+    try:
+        path = directory / name
+        await asyncio.to_thread(_write_pieces, path, pieces, stop)  # seconds for 1 GB
+        yield path
+    finally:
+        stop.set()  # a cancelled writer thread stops at its next piece
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _write_pieces(path: Path, pieces: Callable[[], Iterator[str]], stop: threading.Event) -> None:
+    with open(path, "wb") as file:
+        for piece in pieces():
+            if stop.is_set():
+                return
+            # Code points encode independently, so pieces cut anywhere give the same bytes
+            # as the whole; "surrogatepass" as for the whole string before.
+            file.write(piece.encode("utf-8", "surrogatepass"))
+
+
+def _text_pieces(text: str) -> Iterator[str]:
+    for start in range(0, len(text), _PIECE_CHARS):
+        yield text[start : start + _PIECE_CHARS]
+
+
+def _json_text(value: list | dict) -> Iterator[str]:
+    """``json.dumps(value, ensure_ascii=False)`` in pieces, its errors as ConfigurationError."""
+    try:
+        yield from _json_pieces(value, json.JSONEncoder(ensure_ascii=False).encode, set())
+    except (TypeError, ValueError) as error:
+        raise ConfigurationError(
+            f"a {type(value).__name__} context must be JSON-serialisable ({error}); "
+            "convert its values to str, numbers, lists and dicts first"
+        ) from None
+    except RecursionError:
+        raise ConfigurationError(
+            f"the {type(value).__name__} context is nested too deeply to send as JSON"
+        ) from None
+
+
+def _json_pieces(value: Any, encode: Callable[[Any], str], open_ids: set[int]) -> Iterator[str]:
+    """The JSON text of ``value`` (as ``encode`` gives it) in pieces of bounded size.
+
+    Runs of small children are encoded together by the C encoder, so the text and its
+    errors are ``json``'s own and most of the work stays in C; only a container too big for
+    one piece is walked here, and a long string is escaped a slice at a time.
+    """
+    if isinstance(value, str):
+        if len(value) <= _PIECE_CHARS:
+            yield encode(value)
+            return
+        yield '"'
+        for piece in _text_pieces(value):  # escaping is per character: slices are safe
+            yield encode(piece)[1:-1]
+        yield '"'
+        return
+    if isinstance(value, dict):
+        pairs, children = True, value.items()
+    elif isinstance(value, list | tuple):
+        pairs, children = False, value
+    else:
+        yield encode(value)  # a number, True, False, None, or json's TypeError
+        return
+    if id(value) in open_ids:
+        raise ValueError("Circular reference detected")  # json's words
+    open_ids.add(id(value))
+    yield "{" if pairs else "["
+    run: list[Any] = []
+    run_size = 0
+    separator = ""
+    for child in children:
+        if pairs:
+            key, item = child
+            size = _small_size(item, _PIECE_CHARS, _SMALL_DEPTH)
+            if size is not None:
+                size = size + len(key) + 4 if isinstance(key, str) else size + 28
+                size = size if size <= _PIECE_CHARS else None
+        else:
+            item = child
+            size = _small_size(item, _PIECE_CHARS, _SMALL_DEPTH)
+        if size is not None:
+            run.append(child)
+            run_size += size
+            if run_size < _PIECE_CHARS:
+                continue
+        if run:
+            yield separator
+            yield encode(dict(run) if pairs else run)[1:-1]
+            separator, run, run_size = ", ", [], 0
+        if size is None:
+            yield separator
+            separator = ", "
+            if pairs and isinstance(key, str):
+                yield from _json_pieces(key, encode, open_ids)
+                yield ": "
+            elif pairs:
+                yield encode({key: 0})[1:-4] + ": "  # json's text (or error) for this key
+            yield from _json_pieces(item, encode, open_ids)
+    if run:
+        yield separator
+        yield encode(dict(run) if pairs else run)[1:-1]
+    yield "}" if pairs else "]"
+    open_ids.discard(id(value))
+
+
+_SCALARS = frozenset({float, bool, type(None)})
+
+
+def _small_size(value: Any, budget: int, depth: int) -> int | None:
+    """About the JSON length of ``value`` when it is at most ``budget``, else None.
+
+    Stops as soon as it knows, so a big value costs a walk of ``budget`` at most; the depth
+    bound stops it on reference cycles, which the walk in ``_json_pieces`` then reports.
+    """
+    if isinstance(value, str):
+        return len(value) + 2 if len(value) <= budget else None
+    if isinstance(value, int):
+        return value.bit_length() // 3 + 2  # at least the digits (bool too)
+    if isinstance(value, dict):
+        if 2 * len(value) > budget:
+            return None
+        size = 2 + sum(len(key) + 4 if isinstance(key, str) else 28 for key in value)
+        children: Any = value.values()
+    elif isinstance(value, list | tuple):
+        if 2 * len(value) > budget:
+            return None
+        size = 2
+        children = value
+    else:
+        return 24  # a float's longest repr; anything else json will refuse
+    if depth == 0:
+        return None
+    for item in children:
+        kind = type(item)
+        if kind is str:  # the common leaves without a call
+            size += len(item) + 4
+        elif kind in _SCALARS or (kind is int and item.bit_length() < 64):
+            size += 26
+        else:
+            inner = _small_size(item, budget - size, depth - 1)
+            if inner is None:
+                return None
+            size += inner + 2
+        if size > budget:
+            return None
+    return size
 
 
 # Runs inside the sandbox (stdlib only). Everything is local to one function, deleted after,
