@@ -41,6 +41,9 @@ from conch.sandbox._worker_environment import (
 
 logger = logging.getLogger("conch.sandbox")
 
+_PUT_PIECE_BYTES = 8 * 1024 * 1024
+"""How much of an input file goes to a remote worker per request."""
+
 
 class RemoteWorkerEnvironment(WorkerEnvironment):
     """A :class:`WorkerEnvironment` whose session directory is reached through the worker."""
@@ -99,19 +102,23 @@ class RemoteWorkerEnvironment(WorkerEnvironment):
     async def _put_input(
         self, session: _Session, connection: WorkerConnection, host_path: Path
     ) -> None:
-        data = await asyncio.to_thread(host_path.read_bytes)
-        reply, _ = await connection.request(
-            {
-                "op": "put_file",
-                "path": f"{self._inputs_path(session)}/{host_path.name}",
-                "mode": 0o444,
-            },
-            data,
-        )
-        if "error" in reply:
-            raise SandboxError(
-                f"could not put input {host_path.name!r} into the sandbox: {reply['error']}"
-            )
+        """Send an input file in pieces, so a 1 GB context never sits whole in host memory."""
+        target = f"{self._inputs_path(session)}/{host_path.name}"
+        with open(host_path, "rb") as handle:
+            offset = 0
+            while True:
+                piece = await asyncio.to_thread(handle.read, _PUT_PIECE_BYTES)
+                last = len(piece) < _PUT_PIECE_BYTES
+                message = {"op": "put_file", "path": target, "mode": 0o444}
+                message.update(offset=offset, last=last)
+                reply, _ = await connection.request(message, piece)
+                if "error" in reply:
+                    raise SandboxError(
+                        f"could not put input {host_path.name!r} into the sandbox: {reply['error']}"
+                    )
+                if last:
+                    return
+                offset += len(piece)
 
     async def _push_inputs(self, session: _Session, connection: WorkerConnection) -> None:
         for path in sorted(session.paths.inputs.iterdir()):

@@ -8,6 +8,7 @@ under bubblewrap. docs/sandboxes.md says what this does and does not verify.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 
@@ -112,6 +113,24 @@ async def test_inputs_are_written_into_the_sandbox(make_e2b):
     path = await env.upload("s1", "context.txt", "the context")
     assert path == "/home/user/inputs/context.txt"
     assert (await env.execute_code(f"open({path!r}).read()", CTX)).stdout == "'the context'\n"
+
+
+@needs_bwrap
+@pytest.mark.parametrize("size", [0, 999, 1000, 10_500])
+async def test_an_input_goes_over_in_pieces_and_arrives_whole(
+    make_e2b, tmp_path, monkeypatch, size
+):
+    from conch.sandbox import _remote
+
+    monkeypatch.setattr(_remote, "_PUT_PIECE_BYTES", 1000)  # a 1 GB context, scaled down
+    env, _ = await make_e2b()
+    source = tmp_path / "big.bin"
+    source.write_bytes(bytes(range(256)) * (size // 256) + bytes(size % 256))
+    inside = await env.upload("s1", "big.bin", source)
+    result = await env.execute_code(
+        f"import hashlib\nprint(hashlib.sha256(open({inside!r}, 'rb').read()).hexdigest())", CTX
+    )
+    assert result.stdout.strip() == hashlib.sha256(source.read_bytes()).hexdigest()
 
 
 @needs_bwrap

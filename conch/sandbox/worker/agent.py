@@ -485,16 +485,24 @@ class Worker:
         return {"entries": len(entries)}, ()
 
     def do_put_file(self, message: dict, body: bytes):
-        """Write ``body`` to ``path`` atomically (an input the host puts in the session)."""
+        """Write ``body`` to ``path`` atomically (an input the host puts in the session).
+
+        A large file comes in pieces: each names its ``offset``, and the one with ``last``
+        false is followed by more; the file appears under its name after the last piece."""
         path = message["path"]
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         staging = path + ".partial"
-        with open(staging, "wb") as handle:
+        offset = int(message.get("offset", 0))
+        if offset == 0:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(staging, "wb" if offset == 0 else "r+b") as handle:
+            handle.seek(offset)
             handle.write(body)
+        if not message.get("last", True):
+            return {"size": offset + len(body)}, ()
         if message.get("mode") is not None:
             os.chmod(staging, int(message["mode"]))
         os.replace(staging, path)
-        return {"size": len(body)}, ()
+        return {"size": offset + len(body)}, ()
 
     def do_exec(self, message: dict, body: bytes):
         self.cell_counter += 1
