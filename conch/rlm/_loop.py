@@ -1,5 +1,8 @@
 """One run of the recursive loop: ask the model, run its cells, serve its sub-calls, stop.
 
+With a validation gate, no code runs on the model's behalf before the gate lets it: neither
+its cells nor the code the loop writes to read a FINAL given outside them.
+
 A ``Run`` owns one sandbox session for its life. It shares the environment, the budget
 ledger and the trace sink with its parent and children; it shares nothing mutable with
 other runs (no process-wide stdout, cwd or handlers), so any number run concurrently.
@@ -24,6 +27,7 @@ from conch.rlm._context import Context, check_context, load_context
 from conch.rlm._helpers import (
     ANSWER_CHECK,
     HELPER_SOURCE,
+    RESERVED_NAMES,
     describe_tools,
     host_functions,
     tool_source,
@@ -33,15 +37,15 @@ from conch.rlm._parsing import (
     cut_at_fake_output,
     extract_code_blocks,
     find_plain_final,
-    names_a_value,
     text_outside_code,
+    value_reference,
 )
 from conch.rlm._result import RLMResult
 from conch.rlm._trajectory import Trajectory, preview
 from conch.rlm._turn import RunHooks, TurnSetup
 from conch.sandbox import ExecutionContext, ExecutionEnvironment, ExecutionResult
 from conch.trace import new_trace_id
-from conch.validate import ValidationEvent, ValidationGate
+from conch.validate import ValidationGate
 
 logger = logging.getLogger("conch.rlm")
 
@@ -56,6 +60,12 @@ _BEST_ANSWER_REASONS = frozenset(
 
 # Small models write final(...) as often as FINAL(...): both work in code, as in plain text.
 _FINAL_ALIASES = "final = FINAL\nfinal_var = FINAL_VAR\n"
+#: What the REPL defines besides Python (its functions, their aliases, `context`, `answer`):
+#: syntax to a validator, as Python's builtins are. The worker's own channel is left out: the
+#: model is never told of it. Each run adds its tools' names.
+REPL_NAMES = (RESERVED_NAMES - {"host_call", "HostCallError"}) | {"final", "final_var"}
+# Shown when an empty reply is sent back to the model (some APIs refuse empty messages).
+_EMPTY_REPLY_SENT = "(empty reply)"
 # A FINAL beside code that reads one of these was given before the code found anything.
 _EMPTY_ANSWERS = frozenset({"", "none", "null", "[]", "{}", "()", "''", '""'})
 
@@ -122,6 +132,9 @@ class Run:
         self.iterations = 0
         self.final: _Final | None = None
         self.error: str | None = None
+        self.rejected = False
+        """Set when the validation gate rejected code: the run ends ``validation_rejected``."""
+        self._repl_names = REPL_NAMES | frozenset(settings.tools)
         self.messages: list[Message] = []
         self.context_description: str | None = None
         self._host_functions = host_functions(
@@ -243,23 +256,26 @@ class Run:
             completion = await self._complete(self.model, request, stop=True)
             self.iterations = iteration
             reply = cut_at_fake_output(await self.hooks.on_model_reply(completion.text))
-            self.trajectory.model_call(iteration, messages, completion, reply)
-            messages.append({"role": "assistant", "content": reply or "(empty reply)"})
+            # The trace records the reply as the next request carries it, so that the logged
+            # messages plus replies rebuild every prompt.
+            sent = reply or _EMPTY_REPLY_SENT
+            self.trajectory.model_call(iteration, messages, completion, sent)
+            messages.append({"role": "assistant", "content": sent})
 
             blocks = extract_code_blocks(reply)
             if not blocks:
-                if await self._accept_plain_final(reply, iteration):
+                refusal = await self._accept_plain_final(reply, iteration)
+                if self.final is not None:
                     return TerminationReason.FINAL
-                messages.append(
-                    {
-                        "role": "user",
-                        "content": _prompts.EMPTY_REPLY if not reply.strip() else _prompts.NO_CODE,
-                    }
-                )
+                if self.rejected:
+                    return TerminationReason.VALIDATION_REJECTED
+                if refusal is None:
+                    refusal = _prompts.EMPTY_REPLY if not reply.strip() else _prompts.NO_CODE
+                messages.append({"role": "user", "content": refusal})
                 failures_in_a_row += 1
             else:
-                outputs, failed, rejected = await self._run_cells(iteration, blocks)
-                if self.final is None and not rejected:
+                outputs, failed = await self._run_cells(iteration, blocks)
+                if self.final is None and not self.rejected:
                     refusal = await self._accept_final_beside_code(
                         reply, iteration, len(blocks), failed
                     )
@@ -267,7 +283,7 @@ class Run:
                         outputs.append(refusal)
                 if self.final is not None:
                     return TerminationReason.FINAL
-                if rejected:
+                if self.rejected:
                     return TerminationReason.VALIDATION_REJECTED
                 failures_in_a_row = failures_in_a_row + 1 if failed == len(blocks) else 0
                 messages.append(
@@ -287,10 +303,9 @@ class Run:
                 return TerminationReason.CONSECUTIVE_ERRORS
         return TerminationReason.MAX_ITERATIONS
 
-    async def _run_cells(
-        self, iteration: int, blocks: Sequence[Any]
-    ) -> tuple[list[str], int, bool]:
-        """Run a reply's cells in order; stop after the one that gives the final answer."""
+    async def _run_cells(self, iteration: int, blocks: Sequence[Any]) -> tuple[list[str], int]:
+        """Run a reply's cells in order; stop after the one that gives the final answer, or
+        at a validation rejection. Returns the outputs and how many cells failed."""
         outputs: list[str] = []
         failed = 0
         for index, block in enumerate(blocks, start=1):
@@ -308,30 +323,13 @@ class Run:
             if review.code != block.code:
                 rewrite = {"original_code": block.code, "rewrite_reason": review.reason}
                 block = replace(block, code=review.code)
-            gate = self.settings.gate
-            if gate is not None:
-                outcome = await gate.check(block.code, "code", session_id=self.session_id)
-                self.trajectory.validation(
-                    ValidationEvent.from_result(
-                        block.code,
-                        "code",
-                        outcome.result,
-                        outcome.decision,
-                        retry_count=outcome.attempt,
-                        session_id=self.session_id,
-                    ).to_record()
-                )
-                if not outcome.should_run:
-                    feedback = outcome.feedback or "Not run: blocked by validation."
-                    outputs.append(_prompts.cell_output(index, len(blocks), feedback))
-                    self.trajectory.code_cell(
-                        iteration, index, block.code, blocked=True, output=feedback, **rewrite
-                    )
-                    failed += 1
-                    if outcome.ends_turn:
-                        self.error = feedback
-                        return outputs, failed, True
-                    continue
+            feedback = await self._refused_by_gate(block.code, iteration, index, **rewrite)
+            if feedback is not None:
+                outputs.append(_prompts.cell_output(index, len(blocks), feedback))
+                failed += 1
+                if self.rejected:
+                    break
+                continue
             result = await self._execute(block.code, self._host_functions)
             if self.final is None and "answer" in block.code and result.ok:
                 await self._execute(ANSWER_CHECK, self._answer_check_functions)
@@ -354,23 +352,59 @@ class Run:
                     self.ledger.check()
             if self.final is not None:
                 break
-        return outputs, failed, False
+        return outputs, failed
 
-    async def _accept_plain_final(self, reply: str, iteration: int) -> bool:
-        """A ``FINAL(...)`` in a reply without code; ``FINAL_VAR(name)`` is read in the REPL."""
+    async def _refused_by_gate(
+        self, code: str, iteration: int, index: int, **cell: Any
+    ) -> str | None:
+        """None when ``code`` may run; else the feedback that replaces its output.
+
+        Every piece of code the loop runs on the model's behalf comes through here first: its
+        cells, and the code it writes for a FINAL the model wrote outside one. A refusal is
+        traced as a blocked cell (``cell``: more for that record); a rejection sets
+        ``rejected`` and ``error``.
+        """
+        gate = self.settings.gate
+        if gate is None:
+            return None
+        outcome = await gate.check(
+            code, "code", session_id=self.session_id, syntax=self._repl_names
+        )
+        if outcome.event is not None:
+            self.trajectory.validation(outcome.event.to_record())
+        if outcome.should_run:
+            return None
+        feedback = outcome.feedback or "Not run: blocked by validation."
+        self.trajectory.code_cell(iteration, index, code, blocked=True, output=feedback, **cell)
+        if outcome.ends_turn:
+            self.rejected, self.error = True, feedback
+        return feedback
+
+    async def _accept_plain_final(self, reply: str, iteration: int) -> str | None:
+        """A ``FINAL(...)`` in a reply without code; ``FINAL_VAR(name)`` is read in the REPL.
+
+        Sets the final answer when it is taken. Returns what to tell the model when the
+        validation gate refused the code that reads the variable, else None.
+        """
         plain = find_plain_final(reply)
         if plain is None:
-            return False
+            return None
         if not plain.is_variable:
             self._set_final(plain.value, "plain_text")
-            return True
+            return None
+        # The same rule as a FINAL beside code, narrowed to what FINAL_VAR looks up: a name.
         name = plain.value.strip()
+        if not name.isidentifier() or value_reference(name) is None:
+            return None  # not a variable: nothing is read, and the model is nudged as usual
         code = f"FINAL_VAR({name!r})"
+        feedback = await self._refused_by_gate(code, iteration, 1)
+        if feedback is not None:
+            return f"(Your FINAL_VAR({name}) was not read: validation blocked {code}.)\n{feedback}"
         result = await self._execute(code, self._host_functions)
         self.trajectory.code_cell(
             iteration, 1, code, output=self._format_output(result), exit_code=result.exit_code
         )
-        return self.final is not None
+        return None
 
     async def _accept_final_beside_code(
         self, reply: str, iteration: int, cells: int, failed: int
@@ -378,25 +412,31 @@ class Run:
         """A ``FINAL(x)`` written outside the code of a reply that has code.
 
         The code runs first; then ``x`` is read in the REPL, and only if it names a value
-        there (``names_a_value``) that the reply's cells did not fail to compute. Returns
-        the note that tells the model why its FINAL was not taken, or None.
+        there (``value_reference``: no calls) that the reply's cells did not fail to compute,
+        and the validation gate lets the reading code run. Returns the note that tells the
+        model why its FINAL was not taken, or None.
         """
         plain = find_plain_final(text_outside_code(reply))
         if plain is None:
             return None
-        expression = plain.value.strip() if plain.is_variable else plain.raw.strip()
+        written = plain.value.strip() if plain.is_variable else plain.raw.strip()
         if failed:
             return _prompts.final_not_taken("a cell of this reply failed")
-        if not names_a_value(expression):
+        expression = value_reference(written)  # what runs: rebuilt, not the model's text
+        if expression is None:
             return _prompts.final_not_taken(
-                "outside code it must name a variable your code set, not a written-out value"
+                "outside code it must name a variable your code set (no calls), not a "
+                "written-out value"
             )
+        code = f"FINAL({expression})"
+        feedback = await self._refused_by_gate(code, iteration, cells + 1)
+        if feedback is not None:
+            return f"{_prompts.final_not_taken(f'validation blocked {code}')}\n{feedback}"
         given: list[str] = []
         functions = {
             **self._host_functions,
             "final": lambda payload: given.append(str(payload.get("answer", ""))),
         }
-        code = f"FINAL({expression})"
         result = await self._execute(code, functions)
         shown = self._format_output(result)
         self.trajectory.code_cell(

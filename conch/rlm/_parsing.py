@@ -151,29 +151,43 @@ def find_plain_final(text: str) -> PlainFinal | None:
 
 
 def names_a_value(expression: str) -> bool:
-    """Whether ``expression`` reads a REPL variable: ``name``, ``name.attr``, ``name[0]``,
-    ``name["key"]``, ``name[-1]``, ``name[1:3]`` or ``name.method(1)``, chained; no value
-    written out, no function calls.
+    """Whether ``expression`` only reads a REPL variable (see ``value_reference``)."""
+    return value_reference(expression) is not None
 
-    A ``FINAL(...)`` beside code is accepted only in this form, so its answer comes from
-    what the code computed, never from a value the model typed before seeing any output.
+
+def value_reference(expression: str) -> str | None:
+    """``expression`` rewritten from its syntax tree when it only reads a REPL variable, else
+    None. Accepted: ``name``, ``name.attr``, and subscripts with literal keys (``name[0]``,
+    ``name[-1]``, ``name["key"]``, ``name[1:3]``), chained. Refused: any call (a method's
+    too: ``os.system("...")`` is one), values written out, computed keys, dunder names.
+
+    A ``FINAL(...)`` beside code, or a ``FINAL_VAR(...)`` in plain text, is accepted only in
+    this form: the loop runs code built from it on the model's behalf, so it must have no
+    effect beyond reading, and its answer must come from what the code computed, never from
+    a value the model typed before seeing any output. The rewrite (not the model's text) is
+    what the loop runs.
     """
     try:
-        node = ast.parse(expression.strip(), mode="eval").body
-    except (SyntaxError, ValueError):
-        return False
-    while isinstance(node, ast.Attribute | ast.Subscript | ast.Call):
-        if isinstance(node, ast.Call):  # a method with constant arguments: m.group(1)
-            if not isinstance(node.func, ast.Attribute) or node.keywords:
-                return False
-            if not all(_constant_index(argument) for argument in node.args):
-                return False
-            node = node.func
-            continue
+        root = ast.parse(expression.strip(), mode="eval").body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # deep nesting included
+        return None
+    node = root
+    while isinstance(node, ast.Attribute | ast.Subscript):
+        if isinstance(node, ast.Attribute) and _is_dunder(node.attr):
+            return None
         if isinstance(node, ast.Subscript) and not _constant_index(node.slice):
-            return False
+            return None
         node = node.value
-    return isinstance(node, ast.Name)
+    if not isinstance(node, ast.Name) or _is_dunder(node.id):
+        return None
+    try:
+        return ast.unparse(root)
+    except RecursionError:  # a chain too long to write back out is not worth reading
+        return None
+
+
+def _is_dunder(name: str) -> bool:
+    return name.startswith("__") and name.endswith("__")
 
 
 def _constant_index(node: ast.expr) -> bool:

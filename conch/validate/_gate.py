@@ -6,6 +6,11 @@ and may retry, until ``max_retries`` blocked attempts in a row; that one is esca
 callback which approves (the input runs) or rejects (the turn ends, termination reason
 ``validation_rejected``). Without a callback, or when the callback fails or answers something
 else, the gate rejects: a guardrail fails closed.
+
+Every check yields one ``ValidationEvent``, on the outcome and to ``on_event``: the same
+record whoever writes it down. A caller running code in a language with more builtins than
+Python's (the RLM's REPL) names them per check (``syntax``); they reach validators whose
+``validate`` takes a ``syntax`` keyword (``KnowledgeGraphValidator`` does).
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ import enum
 import inspect
 import logging
 import sys
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, replace
 
 from conch.errors import ValidationConfigError
 from conch.sandbox import ValidationResult, Validator
@@ -61,6 +66,8 @@ class GateOutcome:
     """Blocked attempts in a row including this one (0 when it passed)."""
     feedback: str | None = None
     """For the model when it must retry or was rejected; None when the input runs."""
+    event: ValidationEvent | None = None
+    """The audit record of this check (what ``on_event`` received)."""
 
     @property
     def should_run(self) -> bool:
@@ -90,6 +97,7 @@ class ValidationGate:
             raise ValidationConfigError(f"max_retries must be at least 1, got {max_retries}")
         self.validator = validator
         self.max_retries = max_retries
+        self._takes_syntax = _takes_keyword(validator.validate, "syntax")
         self._escalate = escalate
         self._on_event = on_event
         self._blocked_in_a_row: dict[str, int] = {}
@@ -102,10 +110,20 @@ class ValidationGate:
         self._blocked_in_a_row.pop(session_id, None)
 
     async def check(
-        self, text: str, kind: str = "code", *, session_id: str = "default"
+        self,
+        text: str,
+        kind: str = "code",
+        *,
+        session_id: str = "default",
+        syntax: Collection[str] = (),
     ) -> GateOutcome:
-        """Validate ``text`` and decide: run, retry, approved or rejected."""
-        result = self.validator.validate(text, kind)
+        """Validate ``text`` and decide: run, retry, approved or rejected. ``syntax``: words
+        of the language ``text`` runs in besides Python's (for a validator that takes them;
+        another one judges the text alone)."""
+        if syntax and self._takes_syntax:
+            result = self.validator.validate(text, kind, syntax=syntax)  # type: ignore[call-arg]
+        else:
+            result = self.validator.validate(text, kind)
         before = self._blocked_in_a_row.get(session_id, 0)
         if result.passed:
             self._blocked_in_a_row.pop(session_id, None)
@@ -130,19 +148,18 @@ class ValidationGate:
                         f"rejected it ({reason}). {result.message}"
                     )
                     outcome = GateOutcome(Decision.REJECTED, result, attempt, feedback)
+        event = ValidationEvent.from_result(
+            text,
+            kind,
+            result,
+            outcome.decision,
+            retry_count=before,
+            strictness=getattr(getattr(self.validator, "strictness", None), "value", None),
+            session_id=session_id,
+        )
         if self._on_event is not None:
-            self._on_event(
-                ValidationEvent.from_result(
-                    text,
-                    kind,
-                    result,
-                    outcome.decision,
-                    retry_count=before,
-                    strictness=getattr(getattr(self.validator, "strictness", None), "value", None),
-                    session_id=session_id,
-                )
-            )
-        return outcome
+            self._on_event(event)
+        return replace(outcome, event=event)
 
     async def _ask(self, escalation: Escalation) -> tuple[bool, str]:
         if self._escalate is None:
@@ -160,6 +177,17 @@ class ValidationGate:
             return False, "rejected by the escalation callback"
         logger.warning("escalation callback returned %r, not approve/reject; rejecting", answer)
         return False, f"the escalation callback returned {answer!r} instead of approve/reject"
+
+
+def _takes_keyword(function: Callable[..., object], name: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (some builtins): assume not
+        return False
+    return any(
+        (p.name == name and p.kind is not p.POSITIONAL_ONLY) or p.kind is p.VAR_KEYWORD
+        for p in parameters
+    )
 
 
 def feedback_message(result: ValidationResult, attempt: int, max_retries: int) -> str:

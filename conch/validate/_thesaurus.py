@@ -12,6 +12,10 @@ Two sources, one format:
 
 A thesaurus without ``role_graph`` has no graph (``role_graph is None``): connectivity is then
 not checked, rather than every pair of concepts being called unrelated.
+
+A key given twice in one JSON object must carry the same value both times (for a surface term
+of ``data``: the same concept), and then the last one is kept; otherwise the file is refused,
+naming the key and where it is.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import unicodedata
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,9 +103,10 @@ class Thesaurus:
             first = folded.setdefault(key, term)
             if self.terms[first].name != concept.name:
                 raise ThesaurusError(
-                    f"{self.source}: surface terms {first!r} and {term!r} differ only in case "
-                    f"but map to different concepts ({self.terms[first].name!r} and "
-                    f"{concept.name!r}); map them to one concept or remove one"
+                    f"{self.source}: surface terms {first!r} and {term!r} differ only in "
+                    f"{_how_they_differ(first, term)} but map to different concepts "
+                    f"({self.terms[first].name!r} and {concept.name!r}); map them to one "
+                    "concept or remove one"
                 )
         if self.role_graph is not None:
             for a, b in self.role_graph.edges:
@@ -131,18 +138,21 @@ class Thesaurus:
             raise ThesaurusError(
                 f"thesaurus file {path} is not UTF-8 text (binary file?)"
             ) from None
+        repeats = _RepeatedKeys()
         try:
-            data = json.loads(text, object_pairs_hook=_reject_conflicting_keys)
-        except _ConflictingKey as conflict:
-            raise ThesaurusError(
-                f"thesaurus file {path}: surface term {conflict.key!r} appears twice mapped to "
-                f"different concepts ({conflict.first} and {conflict.second}); keep one"
-            ) from None
+            data = json.loads(text, object_pairs_hook=repeats)
         except json.JSONDecodeError as error:
             raise ThesaurusError(
                 f"thesaurus file {path} is not valid JSON (line {error.lineno}, column "
                 f"{error.colno}: {error.msg})"
             ) from None
+        except RecursionError:
+            raise ThesaurusError(
+                f"thesaurus file {path} nests JSON arrays or objects too deeply to read (a "
+                "thesaurus needs four levels at most)"
+            ) from None
+        if repeats.found:
+            _check_repeated_keys(data, path)
         return cls.from_json(data, source=str(path))
 
     @classmethod
@@ -282,22 +292,89 @@ class _Page:
         return cls(path, concept, tuple(dict.fromkeys(terms)), tuple(links), paragraphs)
 
 
-class _ConflictingKey(Exception):
-    def __init__(self, key: str, first: Any, second: Any) -> None:
-        super().__init__(key)
-        self.key, self.first, self.second = key, first, second
+def _how_they_differ(first: str, second: str) -> str:
+    """What sets apart two surface terms that normalise alike (whitespace, case, Unicode)."""
+    a, b = first.strip(), second.strip()
+    ways = []
+    if a != b:
+        if a.casefold() == b.casefold():
+            ways.append("case")
+        elif unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b):
+            ways.append("Unicode normalisation (composed or decomposed accents)")
+        else:
+            ways.append("case and Unicode normalisation")
+    if _around(first) != _around(second):
+        ways.append("surrounding whitespace")
+    return " and ".join(ways)
 
 
-def _reject_conflicting_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """JSON object hook: a key given twice must carry the same value both times."""
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result and _concept_of(result[key]) != _concept_of(value):
-            raise _ConflictingKey(key, json.dumps(result[key]), json.dumps(value))
-        result[key] = value
-    return result
+def _around(term: str) -> tuple[str, str]:
+    """The whitespace before and after ``term``."""
+    start, end = len(term) - len(term.lstrip()), len(term.rstrip())
+    return term[:start], term[max(start, end) :]
+
+
+class _JSONObject(dict[str, Any]):
+    """A parsed JSON object, with the keys it was given twice with different values."""
+
+    repeated: tuple[tuple[str, Any, Any], ...] = ()
+
+
+class _RepeatedKeys:
+    """JSON object hook: keeps the last value of a repeated key, and notes the repeat when
+    the values differ (``found``), for ``_check_repeated_keys`` to judge once the position
+    of every object is known."""
+
+    def __init__(self) -> None:
+        self.found = False
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result = _JSONObject()
+        repeated = []
+        for key, value in pairs:
+            if key in result and result[key] != value:
+                repeated.append((key, result[key], value))
+            result[key] = value
+        if repeated:
+            result.repeated = tuple(repeated)
+            self.found = True
+        return result
+
+
+def _check_repeated_keys(document: Any, path: Path) -> None:
+    """Refuse a key given twice with different values (see the module docstring)."""
+    pending: deque[tuple[tuple[str | int, ...], Any]] = deque([((), document)])
+    while pending:  # breadth first: the outermost conflict is reported
+        where, value = pending.popleft()
+        if isinstance(value, list):
+            pending.extend(((*where, index), item) for index, item in enumerate(value))
+            continue
+        if not isinstance(value, dict):
+            continue
+        for key, first, second in getattr(value, "repeated", ()):
+            if where == ("data",):  # surface terms: the same concept is the same entry
+                if _concept_of(first) != _concept_of(second):
+                    raise ThesaurusError(
+                        f"thesaurus file {path}: surface term {key!r} appears twice mapped to "
+                        f"different concepts ({json.dumps(first)} and {json.dumps(second)}); "
+                        "keep one"
+                    )
+                continue
+            raise ThesaurusError(
+                f"thesaurus file {path}: key {key!r} appears twice {_position(where)} with "
+                f"different values ({json.dumps(first)} and {json.dumps(second)}); keep one"
+            )
+        pending.extend(((*where, key), item) for key, item in value.items())
+
+
+def _position(where: tuple[str | int, ...]) -> str:
+    if not where:
+        return "at the top level"
+    if len(where) == 2 and where[0] == "data":
+        return f"in the entry of surface term {where[1]!r}"
+    return "in " + "".join(f"[{json.dumps(step, ensure_ascii=False)}]" for step in where)
 
 
 def _concept_of(value: Any) -> Any:
-    """What a repeated key must agree on: the concept for a term entry, else the value."""
+    """What a repeated term must agree on: its concept for a term entry, else the value."""
     return value.get("nterm", value) if isinstance(value, dict) else value

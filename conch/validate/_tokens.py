@@ -429,32 +429,42 @@ def candidate_words(text: str, kind: str) -> list[str]:
     return command.findall(text)
 
 
-def is_syntax(word: str, kind: str) -> bool:
+def is_syntax(word: str, kind: str, extra: Collection[str] = ()) -> bool:
     """True for a word that belongs to the language, not to the domain.
 
     Code: keywords, soft keywords, builtins, ``self``/``cls`` and dunder names. Commands:
     shell reserved words only; the command words and flags themselves count, because they
     are what the domain must know. A word that starts with a digit is a number in both.
+    ``extra``: more words the caller's language has, for either kind (an RLM's REPL
+    defines ``context``, ``FINAL``, its tools: builtins there as much as ``print`` is).
+    Every comparison is exact: ``Print`` is not ``print``.
     """
-    if word[0].isdigit():
+    if word[0].isdigit() or word in extra:
         return True
     if kind == "code":
         return word in PYTHON_SYNTAX or (word.startswith("__") and word.endswith("__"))
     return word in BASH_SYNTAX
 
 
-def syntax_words(words: Collection[str], kind: str, joined: str | None = None) -> set[str]:
+def syntax_words(
+    words: Collection[str],
+    kind: str,
+    joined: str | None = None,
+    extra: frozenset[str] = frozenset(),
+) -> set[str]:
     """Those of the distinct ``words`` that :func:`is_syntax` calls syntax, found in bulk.
 
     The same test as ``is_syntax`` with the per-word work done in C: it runs over every
     distinct unknown word of every validated text. ``joined``: ``"".join(words)``, when the
-    caller has it already.
+    caller has it already. ``extra``: as for ``is_syntax``.
     """
     reserved = PYTHON_SYNTAX if kind == "code" else BASH_SYNTAX
     if len(words) > len(reserved) and isinstance(words, dict | set | frozenset):
         found = set(filter(words.__contains__, reserved))  # look up the fewer words
     else:
         found = set(reserved.intersection(words))
+    if extra:
+        found.update(extra.intersection(words))
     if joined is None:
         joined = "".join(words)
     if not joined.isascii() or any(map(joined.__contains__, "0123456789")):

@@ -10,8 +10,9 @@ strict          blocks when no term is known, the match ratio is under 0.3, or t
 ==============  =====================================================================
 
 The *match ratio* counts words: the words covered by matched terms divided by those plus the
-unknown words. Syntax (see ``_tokens.is_syntax``) counts on neither side. Empty or
-whitespace-only input has nothing to run and always passes.
+unknown words. Syntax (see ``_tokens.is_syntax``) counts on neither side, and so do the
+words a caller names as syntax of its own language (``validate(..., syntax=...)``: an RLM's
+REPL names). Empty or whitespace-only input has nothing to run and always passes.
 """
 
 from __future__ import annotations
@@ -91,8 +92,15 @@ class KnowledgeGraphValidator:
         self._matcher = TermMatcher((t, c.name) for t, c in thesaurus.terms.items())
         self._suggester = Suggester(thesaurus.terms, limit=max_suggestions)
 
-    def validate(self, text: str, kind: str = "code") -> ValidationResult:
-        result = self._check(text, kind)
+    def validate(
+        self, text: str, kind: str = "code", *, syntax: Collection[str] = ()
+    ) -> ValidationResult:
+        """``syntax``: words of the language ``text`` is written in, beyond Python's or the
+        shell's (e.g. the names a REPL defines). Like builtins, they are never unknown words
+        (a thesaurus term still matches); compared exactly, case and all."""
+        result = self._check(
+            text, kind, syntax if isinstance(syntax, frozenset) else frozenset(syntax)
+        )
         if self._on_event is not None:
             decision = Decision.RUN if result.passed else Decision.BLOCKED
             self._on_event(
@@ -102,7 +110,7 @@ class KnowledgeGraphValidator:
             )
         return result
 
-    def _check(self, text: str, kind: str) -> ValidationResult:
+    def _check(self, text: str, kind: str, syntax: frozenset[str]) -> ValidationResult:
         if not isinstance(text, str):
             raise TypeError(
                 f"validate() takes text (str), not {type(text).__name__}; decode bytes first"
@@ -120,10 +128,10 @@ class KnowledgeGraphValidator:
             # Sliced through map() in C: these run once per match, and texts have many.
             terms = list(map(text.__getitem__, map(slice, starts, ends)))
             gaps = map(text.__getitem__, map(slice, (0, *ends), (*starts, len(text))))
-            unknown, unknown_words = _unknown_words(GAP_SEPARATOR.join(gaps), kind)
+            unknown, unknown_words = _unknown_words(GAP_SEPARATOR.join(gaps), kind, syntax)
         else:
             terms = []
-            unknown, unknown_words = _unknown_words(text, kind)
+            unknown, unknown_words = _unknown_words(text, kind, syntax)
         known_words = sum(word_counts)
         total = known_words + unknown_words
         ratio = known_words / total if total else 0.0
@@ -165,7 +173,9 @@ class KnowledgeGraphValidator:
         return ValidationResult(passed=False, message=f"blocked: {problem}", match_ratio=0.0)
 
 
-def _unknown_words(uncovered: str, kind: str) -> tuple[tuple[str, ...], int]:
+def _unknown_words(
+    uncovered: str, kind: str, extra_syntax: frozenset[str]
+) -> tuple[tuple[str, ...], int]:
     """The words of the text outside every match (``uncovered``: the gaps between matches
     joined by GAP_SEPARATOR) that are not syntax: the distinct ones in order of first
     appearance (one spelling per case-folded word), and how many occurrences there are."""
@@ -174,7 +184,7 @@ def _unknown_words(uncovered: str, kind: str) -> tuple[tuple[str, ...], int]:
         return (), 0
     distinct = dict.fromkeys(words)
     joined = "".join(distinct)
-    syntax = syntax_words(distinct, kind, joined)
+    syntax = syntax_words(distinct, kind, joined, extra_syntax)
     count = len(words)
     if syntax:
         for word in syntax:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conch.lm import ScriptedModel
 from conch.rlm import RLM, TerminationReason
@@ -34,10 +38,44 @@ async def test_final_of_a_variable_beside_code_runs_the_code_first_then_reads_th
     assert cells == ["n = context.count('x')\nprint(n)", "FINAL(n)"]
 
 
-async def test_final_beside_code_may_read_an_item_or_a_method_of_a_variable(env):
-    reply = "```repl\nimport re\nm = re.search(r'port (\\d+)', context)\n```\nFINAL(m.group(1))"
+async def test_final_beside_code_may_read_an_item_or_an_attribute_of_a_variable(env):
+    reply = (
+        "```repl\nimport re\nm = re.search(r'port (\\d+)', context)\nfound = {'port': m[1]}\n```"
+        "\nFINAL(found['port'])"
+    )
     result = await RLM(ScriptedModel([reply]), sandbox=env).acompletion("on port 8443.", "Port?")
     assert result.answer == "8443"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        'os.system("touch {marker}")',
+        'subprocess.getoutput("touch {marker}")',
+        'pathlib.Path("{marker}").touch()',
+        "__import__('os').system('touch {marker}')",
+        "m.group(1)",  # harmless here, but a call all the same
+    ],
+)
+async def test_a_call_beside_code_is_never_run_and_the_model_is_told(env, tmp_path, call):
+    marker = tmp_path / "ran"
+    setup = "import os, pathlib, re, subprocess\nm = re.search('(x)', 'x')"
+    final = call.format(marker=marker)
+    model = ScriptedModel([f"```repl\n{setup}\n```\nFINAL({final})", "```repl\nFINAL('no')\n```"])
+    sink = MemoryTraceSink()
+    result = await RLM(model, sandbox=env, trace=sink).acompletion("c", "q")
+    assert (result.answer, result.iterations) == ("no", 2)
+    assert not marker.exists()
+    assert "must name a variable your code set (no calls)" in last_prompt(model)
+    assert [r.data["code"] for r in sink.of_type(RecordType.CODE_CELL)] == [setup, "FINAL('no')"]
+
+
+async def test_what_runs_for_a_final_beside_code_is_rebuilt_not_the_models_text(env):
+    sink = MemoryTraceSink()
+    reply = "```repl\nn = 3\n```\nFINAL( n  # the count )"
+    result = await RLM(ScriptedModel([reply]), sandbox=env, trace=sink).acompletion("c", "q")
+    assert result.answer == "3"
+    assert sink.of_type(RecordType.CODE_CELL)[-1].data["code"] == "FINAL(n)"
 
 
 async def test_final_var_beside_code_is_read_after_the_code(env):
@@ -147,7 +185,7 @@ def test_find_plain_final_keeps_the_raw_body():
 
 @pytest.mark.parametrize(
     "expression",
-    ["x", "x[0]", "x[-1]", "x['k']", "x[1:3]", "a.b", "m.group(1)", "s.strip()", " hits[0] "],
+    ["x", "x[0]", "x[-1]", "x['k']", "x[1:3]", "a.b", "a.b[0].c['k']", " hits[0] ", "x  # why"],
 )
 def test_names_a_value_accepts_reads_of_a_variable(expression):
     assert names_a_value(expression)
@@ -155,10 +193,35 @@ def test_names_a_value_accepts_reads_of_a_variable(expression):
 
 @pytest.mark.parametrize(
     "expression",
-    ["1234", "'x'", "x + 1", "x[i]", "len(x)", "llm_query(x)", "f'{x}'", "The answer is 4", ""],
+    [
+        *["1234", "'x'", "x + 1", "x[i]", "f'{x}'", "The answer is 4", "", "[x]", "x if y else z"],
+        # calls, a method's included: the loop would run them
+        *["len(x)", "llm_query(x)", "m.group(1)", "s.strip()", "x[0]()", "(lambda: x)()"],
+        *['os.system("touch /tmp/x")', 'shutil.rmtree("/tmp/x")', "subprocess.getoutput('id')"],
+        *["__import__('os').system('id')", "x[len(y)]", "getattr(x, 'y')"],
+        # reaching into the interpreter
+        *["__builtins__", "x.__class__", "x.__class__.__mro__[1]"],
+        "a" + ".a" * 100_000,  # too deep to parse: refused, not a crash
+    ],
 )
 def test_names_a_value_refuses_written_values_and_calls(expression):
     assert not names_a_value(expression)
+
+
+_step = st.one_of(
+    st.sampled_from([".a", ".group", ".__class__", "[0]", "[-1]", "['k']", "[1:3]", "[i]"]),
+    st.sampled_from(["()", "(1)", "('touch x')", "(x)"]),  # calls
+)
+
+
+@given(root=st.sampled_from(["x", "os", "m", "__import__"]), steps=st.lists(_step, max_size=5))
+def test_names_a_value_accepts_exactly_literal_reads_without_calls(root, steps):
+    expression = root + "".join(steps)
+    tree = ast.parse(expression, mode="eval")
+    calls = any(isinstance(node, ast.Call) for node in ast.walk(tree))
+    dunders = "__" in expression
+    computed_key = "[i]" in steps
+    assert names_a_value(expression) is not (calls or dunders or computed_key)
 
 
 # --- the prompt ------------------------------------------------------------------------------

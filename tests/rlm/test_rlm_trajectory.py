@@ -34,18 +34,30 @@ async def test_a_run_writes_every_event_in_order(env, tmp_path):
     assert end["tree_usage"]["input_tokens"] == result.usage.input_tokens
 
 
-async def test_messages_are_logged_once_and_the_deltas_rebuild_every_prompt(env, tmp_path):
-    path = tmp_path / "trace.jsonl"
-    model = ScriptedModel([repl("print(1)"), repl("print(2)"), repl("FINAL(3)")])
-    await RLM(model, sandbox=env, trace=path).acompletion("c", "q")
+def assert_the_deltas_rebuild_every_prompt(path, model: ScriptedModel) -> None:
     calls = [r.data for r in read_trace(path).records if r.type == RecordType.MODEL_CALL]
+    assert len(calls) == len(model.calls)
     rebuilt: list[dict] = []
     for number, call in enumerate(calls):
         rebuilt += call["new_messages"]
         assert rebuilt == [dict(m) for m in model.calls[number].messages]
         rebuilt.append({"role": "assistant", "content": call["reply"]})
+
+
+async def test_messages_are_logged_once_and_the_deltas_rebuild_every_prompt(env, tmp_path):
+    path = tmp_path / "trace.jsonl"
+    model = ScriptedModel([repl("print(1)"), repl("print(2)"), repl("FINAL(3)")])
+    await RLM(model, sandbox=env, trace=path).acompletion("c", "q")
+    assert_the_deltas_rebuild_every_prompt(path, model)
     system_prompt = model.calls[0].messages[0]["content"]
     assert path.read_text().count(system_prompt[:80]) == 1
+
+
+async def test_an_empty_reply_is_recorded_as_the_next_prompt_carries_it(env, tmp_path):
+    path = tmp_path / "trace.jsonl"
+    model = ScriptedModel(["", repl("print(1)"), "", repl("FINAL(3)")])
+    await RLM(model, sandbox=env, trace=path).acompletion("c", "q")
+    assert_the_deltas_rebuild_every_prompt(path, model)
 
 
 async def test_child_runs_carry_their_own_run_id_and_point_at_their_parent(env, tmp_path):

@@ -77,3 +77,12 @@ def test_build_of_a_missing_directory_exits_2(tmp_path):
     )
     assert result.exit_code == 2
     assert "not a directory" in result.output
+
+
+def test_check_with_a_thesaurus_nested_too_deeply_exits_2_without_a_traceback(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    result = CliRunner().invoke(app, ["kg", "check", "--thesaurus", str(deep), "git"])
+    assert result.exit_code == 2
+    assert "too deeply" in result.output and str(deep) in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

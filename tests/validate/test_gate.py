@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from conch.sandbox import ValidationResult
 from conch.validate import (
     TERMINATION_REASON,
     Approval,
@@ -144,6 +145,40 @@ async def test_every_check_emits_an_event_with_retry_count_and_decision(validato
     ]
     assert {r["session_id"] for r in records} == {"s1"}
     assert records[1]["unknown"] == ["curl", "evil", "example"]
+
+
+async def test_the_outcome_carries_the_event_it_emitted(validator_for):
+    events: list[ValidationEvent] = []
+    gate = ValidationGate(validator_for("strict"), on_event=events.append)
+    outcomes = [await gate.check(cell, "command") for cell in (BLOCKED, PASSES)]
+    assert [outcome.event for outcome in outcomes] == events
+    assert [(e.retry_count, e.strictness) for e in events] == [(0, "strict"), (1, "strict")]
+
+
+class TextOnly:
+    """A validator whose validate() knows nothing of extra syntax words."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def validate(self, text: str, kind: str = "code") -> ValidationResult:
+        self.seen.append(text)
+        return ValidationResult(passed=True)
+
+
+async def test_syntax_words_reach_a_validator_that_takes_them(validator_for):
+    gate = ValidationGate(validator_for())
+    code = "rows = lookup(context)  # git"
+    assert (await gate.check(code)).result.unknown == ("rows", "lookup", "context")
+    outcome = await gate.check(code, syntax=frozenset({"lookup", "context"}))
+    assert outcome.result.unknown == ("rows",)
+
+
+async def test_a_validator_without_syntax_words_judges_the_text_alone():
+    validator = TextOnly()
+    outcome = await ValidationGate(validator).check("x = context", syntax={"context"})
+    assert outcome.should_run
+    assert validator.seen == ["x = context"]
 
 
 async def test_terminal_callback_rejects_without_a_terminal(monkeypatch, validator_for):

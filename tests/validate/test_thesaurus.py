@@ -93,6 +93,92 @@ def test_bad_thesaurus_files_name_the_file_and_the_problem(tmp_path, content, ex
         assert word in str(error.value)
 
 
+ENTRY = '{"id": 1, "nterm": "git"}'
+
+
+@pytest.mark.parametrize(
+    ("content", "expected_words"),
+    [
+        (
+            f'{{"name": "x", "name": "y", "data": {{"git": {ENTRY}}}}}',
+            ["key 'name' appears twice at the top level", '"x" and "y"'],
+        ),
+        (
+            '{"name": "x", "data": {"git": {"id": 1, "nterm": "git", "url": "a", "url": "b"}}}',
+            ["key 'url' appears twice in the entry of surface term 'git'", '"a" and "b"'],
+        ),
+        (
+            '{"name": "x", "data": {"git": {"id": 1, "nterm": "git", "nterm": "svn"}}}',
+            ["key 'nterm' appears twice in the entry of surface term 'git'"],
+        ),
+        (
+            f'{{"name": "x", "data": {{"git": {ENTRY}}}, '
+            '"role_graph": {"edges": [], "edges": [["git", "git"]]}}',
+            ["key 'edges' appears twice in [\"role_graph\"]"],
+        ),
+    ],
+    ids=["top-level", "in-an-entry", "concept-in-an-entry", "in-the-role-graph"],
+)
+def test_a_key_repeated_with_another_value_is_named_with_where_it_is(
+    tmp_path, content, expected_words
+):
+    path = write(tmp_path / "t.json", content)
+    with pytest.raises(ThesaurusError) as error:
+        Thesaurus.load(path)
+    message = str(error.value)
+    assert str(path) in message
+    assert "surface term 'url'" not in message and "different concepts" not in message
+    for words in expected_words:
+        assert words in message
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        f'{{"name": "x", "name": "x", "data": {{"git": {ENTRY}}}}}',
+        '{"name": "x", "data": {"git": {"id": 1, "nterm": "git", "url": "a", "url": "a"}}}',
+    ],
+    ids=["top-level", "in-an-entry"],
+)
+def test_a_key_repeated_with_the_same_value_is_fine(tmp_path, content):
+    thesaurus = Thesaurus.load(write(tmp_path / "t.json", content))
+    assert thesaurus.name == "x"
+    assert thesaurus.terms["git"].name == "git"
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "difference"),
+    [
+        (" git ", "git", "differ only in surrounding whitespace"),
+        ("Git", "GIT", "differ only in case"),
+        ("Git", "git ", "differ only in case and surrounding whitespace"),
+        ("caf\u00e9", "cafe\u0301", "differ only in Unicode normalisation"),
+    ],
+)
+def test_terms_that_normalise_alike_are_reported_with_what_differs(
+    tmp_path, first, second, difference
+):
+    content = (
+        f'{{"name": "x", "data": {{"{first}": {{"id": 1, "nterm": "git"}}, '
+        f'"{second}": {{"id": 2, "nterm": "gitlab"}}}}}}'
+    )
+    with pytest.raises(ThesaurusError) as error:
+        Thesaurus.load(write(tmp_path / "t.json", content))
+    assert difference in str(error.value)
+    assert "'git' and 'gitlab'" in str(error.value)
+    if "case" not in difference:
+        assert "case" not in str(error.value)
+
+
+@pytest.mark.parametrize("opening", ["[", '{"a": '])
+def test_json_nested_too_deeply_is_refused_naming_the_file(tmp_path, opening):
+    closing = "]" if opening == "[" else "}"
+    path = write(tmp_path / "deep.json", opening * 100_000 + "1" + closing * 100_000)
+    with pytest.raises(ThesaurusError, match="too deeply") as error:
+        Thesaurus.load(path)
+    assert str(path) in str(error.value)
+
+
 def test_a_term_repeated_with_the_same_concept_is_fine(tmp_path):
     path = write(
         tmp_path / "t.json",

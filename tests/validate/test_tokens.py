@@ -90,14 +90,27 @@ def test_ascii_boundary_key_is_the_padded_key_of_the_normalised_text(text):
 _word = st.text(st.sampled_from(string.ascii_letters + string.digits + "_-²٣"), min_size=1)
 
 
+_extra = st.frozensets(st.sampled_from(["context", "FINAL", "do", "lookup"]) | _word, max_size=4)
+
+
 @given(
     words=st.lists(
-        _word | st.sampled_from(["for", "in", "print", "__init__", "__", "do"]), max_size=300
+        _word | st.sampled_from(["for", "in", "print", "__init__", "__", "do", "context"]),
+        max_size=300,
     ),
     kind=st.sampled_from(["code", "command"]),
+    extra=_extra,
 )
-def test_syntax_words_are_the_words_is_syntax_accepts(words, kind):
+def test_syntax_words_are_the_words_is_syntax_accepts(words, kind, extra):
     distinct = dict.fromkeys(words)
-    expected = {w for w in distinct if is_syntax(w, kind)}
-    assert syntax_words(distinct, kind) == expected
-    assert syntax_words(list(distinct), kind) == expected
+    expected = {w for w in distinct if is_syntax(w, kind, extra)}
+    assert syntax_words(distinct, kind, extra=extra) == expected
+    assert syntax_words(list(distinct), kind, extra=extra) == expected
+
+
+@pytest.mark.parametrize("kind", ["code", "command"])
+def test_extra_syntax_words_count_exactly_as_given(kind):
+    extra = frozenset({"context", "FINAL"})
+    assert is_syntax("context", kind, extra) and is_syntax("FINAL", kind, extra)
+    assert not is_syntax("Context", kind, extra) and not is_syntax("final", kind, extra)
+    assert not is_syntax("context", kind)

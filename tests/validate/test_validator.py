@@ -40,6 +40,51 @@ def test_strictness_table(validator_for, strictness, text, passes):
     assert validator_for(strictness).validate(text, "command").passed is passes
 
 
+def known_then_unknown(known: str, unknown: int) -> str:
+    return known + "".join(f" word{n}" for n in range(unknown))
+
+
+# Each threshold is the least ratio that passes: exactly at it passes, just under it blocks.
+@pytest.mark.parametrize(
+    ("strictness", "text", "ratio", "passes"),
+    [
+        ("normal", known_then_unknown("git", 9), 1 / 10, True),
+        ("normal", known_then_unknown("git", 10), 1 / 11, False),
+        ("strict", known_then_unknown("git commit docker", 7), 3 / 10, True),
+        ("strict", known_then_unknown("git commit docker", 8), 3 / 11, False),
+        ("permissive", known_then_unknown("git", 99), 1 / 100, True),
+    ],
+    ids=["normal-at-0.1", "normal-under-0.1", "strict-at-0.3", "strict-under-0.3", "permissive"],
+)
+def test_the_thresholds_are_exactly_the_tables(validator_for, strictness, text, ratio, passes):
+    result = validator_for(strictness).validate(text, "command")
+    assert result.match_ratio == ratio
+    assert result.passed is passes
+
+
+def test_the_default_strictness_is_normal(devops):
+    validator = KnowledgeGraphValidator(devops)
+    assert (validator.strictness, validator.min_match_ratio) == (Strictness.NORMAL, 0.1)
+    assert validator.validate(ONE_IN_FIVE, "command").passed  # strict would block 0.2
+    assert not validator.validate(ONE_IN_TWENTY, "command").passed  # permissive would not
+
+
+def test_words_named_as_syntax_are_neither_unknown_nor_counted(validator_for):
+    code = "print(context[:100])\nFINAL_VAR('answer')\ndf = pandas.read_csv(Context)"
+    plain = validator_for().validate(code)
+    assert plain.unknown == ("context", "FINAL_VAR", "answer", "df")  # Context: as context
+    assert plain.match_ratio == pytest.approx(2 / 7)
+    repl = validator_for().validate(code, syntax={"context", "FINAL_VAR", "answer"})
+    assert repl.unknown == ("df", "Context")  # compared exactly: Context is not context
+    assert repl.match_ratio == pytest.approx(2 / 4)
+
+
+def test_a_thesaurus_term_named_as_syntax_still_matches(validator_for):
+    result = validator_for().validate("pandas", syntax=frozenset({"pandas"}))
+    assert [m.term for m in result.matched] == ["pandas"]
+    assert result.passed
+
+
 def test_match_ratio_counts_words(validator_for):
     assert validator_for().validate(ONE_IN_FIVE, "command").match_ratio == pytest.approx(0.2)
     # A multi-word term covers two words.
