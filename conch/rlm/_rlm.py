@@ -51,8 +51,9 @@ class RLM:
     with ``rlm_query``, and at ``max_depth`` ``rlm_query`` is a plain sub-model call.
     ``max_iterations`` bounds each run's replies; ``budget`` bounds the whole call tree.
 
-    ``sandbox`` is a backend name (``"best"``, ``"local"``, ``"bwrap"``) or an
-    ``ExecutionEnvironment`` you own. Each run gets its own session in it, ended when the run
+    ``sandbox`` is a backend name (``"best"``, or one of ``conch.sandbox.backend_names()``:
+    ``"gvisor"``, ``"bwrap"``, ``"local"``, ``"docker"``, ...) or an ``ExecutionEnvironment``
+    you own. Each run gets its own session in it, ended when the run
     ends (unless ``keep_session``). A named backend is created per event loop and released
     by ``aclose()`` (or ``async with``); ``completion()`` releases it itself.
 
