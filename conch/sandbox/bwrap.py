@@ -198,6 +198,7 @@ class _PidsCgroups:
     @classmethod
     def create(cls, name: str) -> _PidsCgroups | None:
         base = _PIDS_CGROUP_ROOT / "conch" / name
+        _remove_orphans(base.parent)
         try:
             base.mkdir(parents=True)
             (base / "probe").mkdir()
@@ -231,6 +232,26 @@ class _PidsCgroups:
                 _remove_cgroup(directory)
         with contextlib.suppress(OSError):
             self.base.rmdir()
+
+
+def _remove_orphans(root: Path) -> None:
+    """Remove the cgroups of environments whose process is gone (killed before its cleanup
+    ran): each is named ``<pid>-<token>`` after the process that made it."""
+    with contextlib.suppress(OSError):
+        for directory in root.iterdir():
+            owner = directory.name.partition("-")[0]
+            if directory.is_dir() and owner.isdigit() and not _alive(int(owner)):
+                _PidsCgroups(directory).remove_all()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _remove_cgroup(directory: Path, wait_s: float = 2.0) -> None:
