@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from conch.errors import (
-    ConfigurationError,
     SandboxError,
     SnapshotError,
 )
@@ -32,11 +31,8 @@ from conch.sandbox._connection import WorkerConnection
 from conch.sandbox._snapshots import Manifest
 from conch.sandbox._types import RestoreReport, SnapshotId
 from conch.sandbox._worker_environment import (
-    _SESSION_ID,
     WorkerEnvironment,
-    _link_or_copy,
     _Session,
-    _write_atomically,
 )
 
 logger = logging.getLogger("conch.sandbox")
@@ -82,22 +78,13 @@ class RemoteWorkerEnvironment(WorkerEnvironment):
 
         The host keeps a copy (``inputs`` of the session on the host), which every new
         worker of the session receives too, so inputs survive a replaced VM or sandbox."""
-        if not isinstance(name, str) or not _SESSION_ID.match(name):
-            raise ConfigurationError(
-                f"invalid input name {name!r}: use letters, digits, '.', '_' or '-'"
-            )
+        inside = await super().upload(session_id, name, source)
         session = self._session(session_id)
-        target = session.paths.inputs / name
-        if isinstance(source, (bytes, bytearray, memoryview, str)):
-            data = source.encode("utf-8") if isinstance(source, str) else source
-            await asyncio.to_thread(_write_atomically, target, data)
-        else:
-            await asyncio.to_thread(_link_or_copy, Path(source), target)
         async with session.lock:
             connection = session.connection
             if connection is not None and connection.alive:
-                await self._put_input(session, connection, target)
-        return f"{self._inputs_path(session)}/{name}"
+                await self._put_input(session, connection, session.paths.inputs / name)
+        return inside
 
     async def _put_input(
         self, session: _Session, connection: WorkerConnection, host_path: Path
