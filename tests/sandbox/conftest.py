@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conch import sandbox
 from conch.sandbox import ExecutionContext, ExecutionEnvironment, ExecutionResult
+from conch.sandbox.firecracker import FirecrackerEnvironment
+from conch.testing.fake_firecracker import fake_firecracker_argv
 from tests._required import require_backend
 from tests.sandbox._docker_engine import docker_engine  # noqa: F401 (a session fixture)
 
@@ -65,3 +68,37 @@ def run(env: ExecutionEnvironment, ctx: ExecutionContext) -> Run:
         return await env.execute_code(code, ExecutionContext(**options))
 
     return run_code
+
+
+# --- the firecracker backend, on conch.testing.fake_firecracker ----------------------------
+
+
+@pytest.fixture
+def guest_files(tmp_path: Path) -> tuple[Path, Path]:
+    kernel = tmp_path / "vmlinux"
+    rootfs = tmp_path / "rootfs.ext4"
+    kernel.write_bytes(b"not a kernel: the fake does not boot one")
+    rootfs.write_bytes(b"not a file system: the fake does not mount it")
+    return kernel, rootfs
+
+
+@pytest.fixture
+async def make_fc(tmp_path, guest_files):
+    """Firecracker environments whose VMs are fakes (the guest is the real worker)."""
+    created: list[FirecrackerEnvironment] = []
+    kernel, rootfs = guest_files
+
+    async def make(**options):
+        options.setdefault("root", tmp_path / f"fc{len(created)}")
+        options.setdefault("pool_size", 0)
+        options.setdefault("mem_mib", 4)
+        options.setdefault("interrupt_grace_s", 1.0)
+        env = FirecrackerEnvironment(
+            kernel_image=kernel, rootfs=rootfs, firecracker=fake_firecracker_argv(), **options
+        )
+        created.append(env)
+        return env
+
+    yield make
+    for env in created:
+        await env.cleanup()

@@ -37,36 +37,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def guest_files(tmp_path: Path) -> tuple[Path, Path]:
-    kernel = tmp_path / "vmlinux"
-    rootfs = tmp_path / "rootfs.ext4"
-    kernel.write_bytes(b"not a kernel: the fake does not boot one")
-    rootfs.write_bytes(b"not a file system: the fake does not mount it")
-    return kernel, rootfs
-
-
-@pytest.fixture
-async def make_fc(tmp_path, guest_files):
-    created: list[FirecrackerEnvironment] = []
-    kernel, rootfs = guest_files
-
-    async def make(**options) -> FirecrackerEnvironment:
-        options.setdefault("root", tmp_path / f"fc{len(created)}")
-        options.setdefault("pool_size", 0)
-        options.setdefault("mem_mib", 4)
-        options.setdefault("interrupt_grace_s", 1.0)
-        env = FirecrackerEnvironment(
-            kernel_image=kernel, rootfs=rootfs, firecracker=fake_firecracker_argv(), **options
-        )
-        created.append(env)
-        return env
-
-    yield make
-    for env in created:
-        await env.cleanup()
-
-
 def _vm(env: FirecrackerEnvironment, session_id: str = "s1"):
     return env._sessions[session_id].connection.process.vm
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import pytest
 
 from conch.sandbox.bwrap import bwrap_works
-from conch.sandbox.firecracker import FirecrackerEnvironment
-from conch.testing.fake_firecracker import fake_firecracker_argv
 from tests.sandbox import test_execution, test_snapshots
 
 pytestmark = pytest.mark.skipif(
@@ -47,24 +45,11 @@ def backend() -> str:
 
 
 @pytest.fixture
-async def make_env(tmp_path):
-    kernel = tmp_path / "vmlinux"
-    rootfs = tmp_path / "rootfs.ext4"
-    kernel.write_bytes(b"fake kernel")
-    rootfs.write_bytes(b"fake rootfs")
-    created: list[FirecrackerEnvironment] = []
+def make_env(make_fc):
+    """The contract suite's environments are the fake-backed ones of ``make_fc``."""
 
     async def make(**options):
-        options.setdefault("root", tmp_path / f"env{len(created)}")
-        options.setdefault("interrupt_grace_s", 1.0)
-        options.setdefault("pool_size", 0)
         options.setdefault("mem_mib", 2)
-        env = FirecrackerEnvironment(
-            kernel_image=kernel, rootfs=rootfs, firecracker=fake_firecracker_argv(), **options
-        )
-        created.append(env)
-        return env
+        return await make_fc(**options)
 
-    yield make
-    for env in created:
-        await env.cleanup()
+    return make
