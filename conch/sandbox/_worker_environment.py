@@ -33,7 +33,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from conch.errors import (
     ConfigurationError,
@@ -131,6 +131,15 @@ class SessionPaths:
         return paths
 
 
+class InsidePaths(NamedTuple):
+    """A session's directories as a sandboxed worker sees them."""
+
+    work: str
+    scratch: str
+    tmp: str
+    inputs: str
+
+
 @dataclass
 class _Session:
     id: str
@@ -145,6 +154,10 @@ class _Session:
 
 class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
     """An ``ExecutionEnvironment`` whose sessions each run one worker process."""
+
+    inside_paths: ClassVar[InsidePaths | None] = None
+    """Where the worker sees its session's directories, when the backend puts them at fixed
+    places in its sandbox; None: at the host's own paths."""
 
     shares_session_directories: ClassVar[bool] = False
     """The worker sees the host's session directories themselves (the host's own file system
@@ -196,11 +209,15 @@ class WorkerEnvironment(ExecutionEnvironment, abc.ABC):
 
     def _worker_paths(self, session: _Session) -> tuple[str, str, str]:
         """Work, scratch and tmp directories as the worker sees them."""
+        if self.inside_paths is not None:
+            return self.inside_paths.work, self.inside_paths.scratch, self.inside_paths.tmp
         paths = session.paths
         return str(paths.work), str(paths.scratch), str(paths.tmp)
 
     def _inputs_path(self, session: _Session) -> str:
         """The inputs directory as the worker sees it."""
+        if self.inside_paths is not None:
+            return self.inside_paths.inputs
         return str(session.paths.inputs)
 
     def _on_session_end(self, session: _Session) -> None:

@@ -35,6 +35,7 @@ from conch.sandbox._connection import LaunchSpec
 from conch.sandbox._types import BackendType, Capability
 from conch.sandbox._worker_environment import (
     WORKER_CAPABILITIES,
+    InsidePaths,
     ResourceLimits,
     WorkerEnvironment,
     _Session,
@@ -77,6 +78,7 @@ DEFAULT_LIMITS = ResourceLimits(
 
 
 class BubblewrapEnvironment(WorkerEnvironment):
+    inside_paths = InsidePaths(SANDBOX_WORK, SANDBOX_SCRATCH, SANDBOX_TMP, SANDBOX_INPUTS)
     shares_session_directories = True  # bind mounts of the host's session directories
 
     def __init__(self, *, network: bool = False, bwrap_path: str | None = None, **options: Any):
@@ -103,12 +105,6 @@ class BubblewrapEnvironment(WorkerEnvironment):
 
     def backend_type(self) -> BackendType:
         return BackendType.BWRAP
-
-    def _worker_paths(self, session: _Session) -> tuple[str, str, str]:
-        return SANDBOX_WORK, SANDBOX_SCRATCH, SANDBOX_TMP
-
-    def _inputs_path(self, session: _Session) -> str:
-        return SANDBOX_INPUTS
 
     def _launch_spec(self, session: _Session, worker_config: dict[str, Any]) -> LaunchSpec:
         paths = session.paths

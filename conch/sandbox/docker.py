@@ -66,6 +66,7 @@ from conch.sandbox._connection import WorkerConnection
 from conch.sandbox._types import BackendType, Capability, RestoreReport, SnapshotId
 from conch.sandbox._worker_environment import (
     WORKER_CAPABILITIES,
+    InsidePaths,
     ResourceLimits,
     SessionPaths,
     WorkerEnvironment,
@@ -110,6 +111,8 @@ _T = TypeVar("_T")
 
 class DockerEnvironment(WorkerEnvironment):
     """Sessions in containers of a Docker-compatible engine (Docker, podman's API service)."""
+
+    inside_paths = InsidePaths(SANDBOX_WORK, SANDBOX_SCRATCH, SANDBOX_TMP, SANDBOX_INPUTS)
 
     # Bind mounts of the host's session directories (the engine must be local, see above).
     shares_session_directories = True
@@ -168,12 +171,6 @@ class DockerEnvironment(WorkerEnvironment):
 
     def backend_type(self) -> BackendType:
         return BackendType.DOCKER
-
-    def _worker_paths(self, session: _Session) -> tuple[str, str, str]:
-        return SANDBOX_WORK, SANDBOX_SCRATCH, SANDBOX_TMP
-
-    def _inputs_path(self, session: _Session) -> str:
-        return SANDBOX_INPUTS
 
     # --- the container ------------------------------------------------------------------
 

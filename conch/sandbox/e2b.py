@@ -46,7 +46,12 @@ from conch.sandbox._connection import WorkerConnection, WorkerDied
 from conch.sandbox._remote import RemoteWorkerEnvironment
 from conch.sandbox._snapshots import Manifest
 from conch.sandbox._types import BackendType, Capability, SnapshotId
-from conch.sandbox._worker_environment import WORKER_CAPABILITIES, ResourceLimits, _Session
+from conch.sandbox._worker_environment import (
+    WORKER_CAPABILITIES,
+    InsidePaths,
+    ResourceLimits,
+    _Session,
+)
 from conch.sandbox.worker import AGENT_PATH, WORKER_DIR, protocol
 
 logger = logging.getLogger("conch.sandbox")
@@ -267,6 +272,8 @@ class E2BEnvironment(RemoteWorkerEnvironment):
     have ``python3``; E2B's default ``base`` has). No internet access unless ``network``.
     ``sdk`` replaces the ``e2b`` module (the tests pass a fake of the surface used here)."""
 
+    inside_paths = InsidePaths(GUEST_WORK, GUEST_SCRATCH, GUEST_TMP, GUEST_INPUTS)
+
     def __init__(
         self,
         *,
@@ -315,12 +322,6 @@ class E2BEnvironment(RemoteWorkerEnvironment):
 
     def backend_type(self) -> BackendType:
         return BackendType.E2B
-
-    def _worker_paths(self, session: _Session) -> tuple[str, str, str]:
-        return GUEST_WORK, GUEST_SCRATCH, GUEST_TMP
-
-    def _inputs_path(self, session: _Session) -> str:
-        return GUEST_INPUTS
 
     # --- sandboxes ------------------------------------------------------------------------
 

@@ -79,6 +79,7 @@ from conch.sandbox._snapshots import Manifest
 from conch.sandbox._types import BackendType, Capability, ExecutionContext
 from conch.sandbox._worker_environment import (
     WORKER_CAPABILITIES,
+    InsidePaths,
     ResourceLimits,
     _Outcome,
     _Session,
@@ -420,6 +421,8 @@ class FirecrackerEnvironment(RemoteWorkerEnvironment):
     Firecracker's jailer (chroot, uid/gid) instead. ``tap_devices`` gives the VMs network,
     one TAP device each (none by default: the VM has no network device at all)."""
 
+    inside_paths = InsidePaths(GUEST_WORK, GUEST_SCRATCH, GUEST_TMP, GUEST_INPUTS)
+
     def __init__(
         self,
         *,
@@ -491,12 +494,6 @@ class FirecrackerEnvironment(RemoteWorkerEnvironment):
 
     def backend_type(self) -> BackendType:
         return BackendType.FIRECRACKER
-
-    def _worker_paths(self, session: _Session) -> tuple[str, str, str]:
-        return GUEST_WORK, GUEST_SCRATCH, GUEST_TMP
-
-    def _inputs_path(self, session: _Session) -> str:
-        return GUEST_INPUTS
 
     # --- the pool -------------------------------------------------------------------------
 

@@ -82,6 +82,7 @@ from conch.sandbox._snapshots import Manifest
 from conch.sandbox._types import BackendType, Capability, RestoreReport, SnapshotId
 from conch.sandbox._worker_environment import (
     WORKER_CAPABILITIES,
+    InsidePaths,
     ResourceLimits,
     SessionPaths,
     WorkerEnvironment,
@@ -130,6 +131,8 @@ class GVisorEnvironment(WorkerEnvironment):
     session takes one, its directories are renamed into place, and another is started in the
     background, so a session starts in milliseconds instead of a sandbox's boot time.
     """
+
+    inside_paths = InsidePaths(SANDBOX_WORK, SANDBOX_SCRATCH, SANDBOX_TMP, SANDBOX_INPUTS)
 
     shares_session_directories = True  # bind mounts of the host's session directories
 
@@ -190,12 +193,6 @@ class GVisorEnvironment(WorkerEnvironment):
 
     def backend_type(self) -> BackendType:
         return BackendType.GVISOR
-
-    def _worker_paths(self, session: _Session) -> tuple[str, str, str]:
-        return SANDBOX_WORK, SANDBOX_SCRATCH, SANDBOX_TMP
-
-    def _inputs_path(self, session: _Session) -> str:
-        return SANDBOX_INPUTS
 
     # --- starting a sandbox ------------------------------------------------------------
 
